@@ -1,0 +1,3 @@
+"""resurgo: deduplicating, encrypted backups and disaster recovery."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,288 @@
+"""The index: where each blob lives (pack, offset, length) and how big it is.
+
+*Index objects* (``index/<id>``) are written by each writer after the packs they
+describe; writers never rewrite each other's. Plaintext layout (all integers
+little-endian)::
+
+    magic "RIX1" | u32 n_packs | u32 n_entries | u32 n_supersedes
+    n_packs      x pack ID (32 bytes)
+    n_supersedes x index object ID (32 bytes) this object replaces (compaction)
+    n_entries    x entry (52 bytes): blob ID 32 | pack number u32 (into the pack
+                   list above) | offset u32 | length u32 | raw length u32 |
+                   type u8 | 3 zero bytes
+
+In memory, ``MemoryIndex`` keeps all entries as a struct of NumPy arrays sorted
+by blob ID (49 bytes per blob plus 32 per pack) with a small dict in front for
+entries added since the last merge. Lookups binary-search the sorted IDs.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from resurgo.errors import CorruptObject
+
+MAGIC = b"RIX1"
+_HEAD = struct.Struct("<4sIII")
+ENTRY_DTYPE = np.dtype(
+    [
+        ("id", "S32"),
+        ("pack", "<u4"),
+        ("offset", "<u4"),
+        ("length", "<u4"),
+        ("raw", "<u4"),
+        ("type", "u1"),
+        ("pad", "V3"),
+    ]
+)
+assert ENTRY_DTYPE.itemsize == 52
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    type: int
+    id: bytes
+    pack_id: bytes  # 32 raw bytes
+    offset: int
+    length: int
+    raw_length: int
+
+    @property
+    def pack_hex(self) -> str:
+        return self.pack_id.hex()
+
+
+def _fix_id(b: bytes) -> bytes:
+    # NumPy "S" items drop trailing NUL bytes when read back; IDs are exactly 32.
+    return b if len(b) == 32 else b.ljust(32, b"\0")
+
+
+def encode_index(
+    packs: dict[bytes, list[tuple[int, bytes, int, int, int]]], supersedes: Iterable[bytes] = ()
+) -> bytes:
+    """``packs`` maps pack ID -> [(type, blob id, offset, length, raw length)]."""
+    sup = list(supersedes)
+    pack_ids = list(packs)
+    n = sum(len(v) for v in packs.values())
+    arr = np.zeros(n, dtype=ENTRY_DTYPE)
+    i = 0
+    for pno, pid in enumerate(pack_ids):
+        for t, bid, off, length, raw in packs[pid]:
+            arr[i] = (bid, pno, off, length, raw, t, b"\0\0\0")
+            i += 1
+    return b"".join(
+        [_HEAD.pack(MAGIC, len(pack_ids), n, len(sup)), *pack_ids, *sup, arr.tobytes()]
+    )
+
+
+@dataclass
+class DecodedIndex:
+    pack_ids: list[bytes]
+    supersedes: list[bytes]
+    entries: np.ndarray  # ENTRY_DTYPE, "pack" indexes pack_ids
+
+
+def decode_index(data: bytes, *, name: str) -> DecodedIndex:
+    if len(data) < _HEAD.size:
+        raise CorruptObject(name, "index too short")
+    magic, n_packs, n_entries, n_sup = _HEAD.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise CorruptObject(name, "not an index object")
+    pos = _HEAD.size
+    need = pos + 32 * (n_packs + n_sup) + ENTRY_DTYPE.itemsize * n_entries
+    if len(data) != need:
+        raise CorruptObject(name, "index length does not match its counts")
+    pack_ids = [data[pos + 32 * i : pos + 32 * (i + 1)] for i in range(n_packs)]
+    pos += 32 * n_packs
+    sup = [data[pos + 32 * i : pos + 32 * (i + 1)] for i in range(n_sup)]
+    pos += 32 * n_sup
+    entries = np.frombuffer(data, dtype=ENTRY_DTYPE, count=n_entries, offset=pos)
+    if n_entries and int(entries["pack"].max()) >= n_packs:
+        raise CorruptObject(name, "index entry refers to a pack outside its table")
+    return DecodedIndex(pack_ids, sup, entries)
+
+
+class MemoryIndex:
+    """All known blob locations. Thread-safe.
+
+    Layout: ``_ids`` (S32, sorted), ``_pack`` (u4 into ``_packs``), ``_off``,
+    ``_len``, ``_raw`` (u4) and ``_type`` (u1): 49 bytes per blob. New entries
+    go to ``_recent`` and are merged into the arrays in batches, so adding is
+    O(1) and the sorted arrays are rebuilt rarely.
+    """
+
+    MERGE_AT = 65536
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._packs: list[bytes] = []
+        self._pack_no: dict[bytes, int] = {}
+        self._ids = np.zeros(0, dtype="S32")
+        self._pack = np.zeros(0, dtype="<u4")
+        self._off = np.zeros(0, dtype="<u4")
+        self._len = np.zeros(0, dtype="<u4")
+        self._raw = np.zeros(0, dtype="<u4")
+        self._type = np.zeros(0, dtype="u1")
+        self._recent: dict[tuple[int, bytes], tuple[int, int, int, int]] = {}
+
+    # -- building ------------------------------------------------------------
+
+    def _pack_number(self, pack_id: bytes) -> int:
+        n = self._pack_no.get(pack_id)
+        if n is None:
+            n = len(self._packs)
+            self._packs.append(pack_id)
+            self._pack_no[pack_id] = n
+        return n
+
+    def add(self, blob_type: int, blob_id: bytes, pack_id: bytes, offset: int, length: int, raw: int) -> None:
+        with self._lock:
+            key = (blob_type, blob_id)
+            if key in self._recent:
+                return
+            self._recent[key] = (self._pack_number(pack_id), offset, length, raw)
+            if len(self._recent) >= self.MERGE_AT:
+                self._merge_recent()
+
+    def add_decoded(self, decoded: list[DecodedIndex]) -> None:
+        """Bulk-add index objects' entries: one concatenation and one sort for all."""
+        with self._lock:
+            cols: dict[str, list[np.ndarray]] = {k: [] for k in ("id", "pack", "offset", "length", "raw", "type")}
+            for d in decoded:
+                if not len(d.entries):
+                    continue
+                mapping = np.array([self._pack_number(p) for p in d.pack_ids], dtype="<u4")
+                e = d.entries
+                cols["id"].append(e["id"])
+                cols["pack"].append(mapping[e["pack"]])
+                for k in ("offset", "length", "raw", "type"):
+                    cols[k].append(e[k])
+            if cols["id"]:
+                self._extend(*(np.concatenate(cols[k]) for k in ("id", "pack", "offset", "length", "raw", "type")))
+
+    def _extend(self, ids: np.ndarray, pack: np.ndarray, off: np.ndarray, ln: np.ndarray,
+                raw: np.ndarray, typ: np.ndarray) -> None:
+        if not len(ids):
+            return
+        ids = np.concatenate([self._ids, ids.astype("S32")])
+        order = np.argsort(ids, kind="stable")
+        self._ids = ids[order]
+        self._pack = np.concatenate([self._pack, pack.astype("<u4")])[order]
+        self._off = np.concatenate([self._off, off.astype("<u4")])[order]
+        self._len = np.concatenate([self._len, ln.astype("<u4")])[order]
+        self._raw = np.concatenate([self._raw, raw.astype("<u4")])[order]
+        self._type = np.concatenate([self._type, typ.astype("u1")])[order]
+
+    def _merge_recent(self) -> None:
+        if not self._recent:
+            return
+        items = list(self._recent.items())
+        n = len(items)
+        ids = np.array([k[1] for k, _ in items], dtype="S32")
+        typ = np.fromiter((k[0] for k, _ in items), dtype="u1", count=n)
+        pack = np.fromiter((v[0] for _, v in items), dtype="<u4", count=n)
+        off = np.fromiter((v[1] for _, v in items), dtype="<u4", count=n)
+        ln = np.fromiter((v[2] for _, v in items), dtype="<u4", count=n)
+        raw = np.fromiter((v[3] for _, v in items), dtype="<u4", count=n)
+        self._extend(ids, pack, off, ln, raw, typ)
+        self._recent = {}
+
+    def compact(self) -> None:
+        """Merge pending additions now (e.g. before saving the index cache)."""
+        with self._lock:
+            self._merge_recent()
+
+    # -- queries ---------------------------------------------------------------
+
+    def lookup(self, blob_type: int, blob_id: bytes) -> BlobLocation | None:
+        with self._lock:
+            r = self._recent.get((blob_type, blob_id))
+            if r is not None:
+                return BlobLocation(blob_type, blob_id, self._packs[r[0]], r[1], r[2], r[3])
+            ids = self._ids
+            i = int(np.searchsorted(ids, blob_id))
+            while i < len(ids) and _fix_id(bytes(ids[i])) == blob_id:
+                if self._type[i] == blob_type:
+                    return BlobLocation(
+                        blob_type, blob_id, self._packs[int(self._pack[i])],
+                        int(self._off[i]), int(self._len[i]), int(self._raw[i]),
+                    )
+                i += 1
+            return None
+
+    def has(self, blob_type: int, blob_id: bytes) -> bool:
+        return self.lookup(blob_type, blob_id) is not None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._ids) + len(self._recent)
+
+    def pack_ids(self) -> set[bytes]:
+        with self._lock:
+            self._merge_recent()
+            used = np.unique(self._pack)
+            return {self._packs[int(i)] for i in used}
+
+    def entries(self) -> Iterator[BlobLocation]:
+        """Every entry (duplicates included), sorted by blob ID."""
+        with self._lock:
+            self._merge_recent()
+            ids, pack, off, ln, raw, typ = (
+                self._ids, self._pack, self._off, self._len, self._raw, self._type,
+            )
+            packs = list(self._packs)
+        for i in range(len(ids)):
+            yield BlobLocation(
+                int(typ[i]), _fix_id(bytes(ids[i])), packs[int(pack[i])],
+                int(off[i]), int(ln[i]), int(raw[i]),
+            )
+
+    def nbytes(self) -> int:
+        """Bytes held by the arrays (the per-blob memory the format promises)."""
+        with self._lock:
+            return int(
+                self._ids.nbytes + self._pack.nbytes + self._off.nbytes + self._len.nbytes
+                + self._raw.nbytes + self._type.nbytes + 32 * len(self._packs)
+            )
+
+    # -- cache serialisation -----------------------------------------------------
+
+    def dump(self) -> bytes:
+        with self._lock:
+            self._merge_recent()
+            n = len(self._ids)
+            head = struct.pack("<QQ", n, len(self._packs))
+            return b"".join(
+                [head, *self._packs, self._ids.tobytes(), self._pack.tobytes(), self._off.tobytes(),
+                 self._len.tobytes(), self._raw.tobytes(), self._type.tobytes()]
+            )
+
+    @classmethod
+    def load(cls, data: bytes) -> MemoryIndex:
+        n, np_ = struct.unpack_from("<QQ", data, 0)
+        pos = 16
+        idx = cls()
+        idx._packs = [data[pos + 32 * i : pos + 32 * (i + 1)] for i in range(np_)]
+        idx._pack_no = {p: i for i, p in enumerate(idx._packs)}
+        pos += 32 * np_
+
+        def take(dtype: str, size: int) -> np.ndarray:
+            nonlocal pos
+            a = np.frombuffer(data, dtype=dtype, count=n, offset=pos).copy()
+            pos += size * n
+            return a
+
+        idx._ids = take("S32", 32)
+        idx._pack = take("<u4", 4)
+        idx._off = take("<u4", 4)
+        idx._len = take("<u4", 4)
+        idx._raw = take("<u4", 4)
+        idx._type = take("u1", 1)
+        if pos != len(data):
+            raise ValueError("index cache length mismatch")
+        return idx

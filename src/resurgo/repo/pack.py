@@ -1,0 +1,100 @@
+"""Packs: the backend objects that hold blobs.
+
+A *pack* is the concatenation of blob envelopes, followed by the *trailer*
+(an envelope of kind TRAILER listing every blob in order) and the trailer's
+length as a 4-byte little-endian integer. The pack's ID is the BLAKE3-256 hash
+of all its bytes, and its key is ``data/<first 2 hex>/<id>``: any pack can be
+verified against its name, and the whole index can be rebuilt from trailers.
+
+Trailer plaintext: ``u32 count`` then ``count`` records of
+``type u8 | blob id 32 | length u32 | raw length u32`` (41 bytes); the blob
+offsets are implied: the first blob starts at 0, each next one where the
+previous ended.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import blake3
+
+from resurgo.errors import CorruptObject
+from resurgo.repo.crypto import Kind, Sealer
+
+_ENTRY = struct.Struct("<B32sII")
+_COUNT = struct.Struct("<I")
+TRAILER_LEN_SIZE = 4
+# Packs are read by offset/length pairs stored in u32 fields.
+MAX_PACK_SIZE = (1 << 32) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class PackedBlob:
+    type: int
+    id: bytes
+    offset: int
+    length: int  # stored (envelope) length
+    raw_length: int  # plaintext length
+
+
+class PackWriter:
+    """Accumulates blob envelopes in memory until the pack is finished. Not thread-safe."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self.size = 0
+        self.blobs: list[PackedBlob] = []
+
+    def add(self, blob_type: int, blob_id: bytes, envelope: bytes, raw_length: int) -> None:
+        self.blobs.append(PackedBlob(blob_type, blob_id, self.size, len(envelope), raw_length))
+        self._parts.append(envelope)
+        self.size += len(envelope)
+
+    def __len__(self) -> int:
+        return len(self.blobs)
+
+    def finish(self, sealer: Sealer) -> tuple[str, bytes, list[PackedBlob]]:
+        """(pack ID hex, pack bytes, blobs). The writer must not be used afterwards."""
+        plain = bytearray(_COUNT.pack(len(self.blobs)))
+        for b in self.blobs:
+            plain += _ENTRY.pack(b.type, b.id, b.length, b.raw_length)
+        trailer = sealer.seal(Kind.TRAILER, bytes(plain), compress=False)
+        self._parts.append(trailer)
+        self._parts.append(_COUNT.pack(len(trailer)))
+        data = b"".join(self._parts)
+        self._parts = []
+        if len(data) > MAX_PACK_SIZE:
+            raise ValueError("pack too large")
+        return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), data, self.blobs
+
+
+def trailer_length(tail: bytes, name: str) -> int:
+    if len(tail) < TRAILER_LEN_SIZE:
+        raise CorruptObject(name, "truncated: no trailer length")
+    return int(_COUNT.unpack(tail[-TRAILER_LEN_SIZE:])[0])
+
+
+def parse_trailer(sealer: Sealer, envelope: bytes, *, pack_size: int, name: str) -> list[PackedBlob]:
+    """Decrypt and validate a trailer; offsets must tile the pack exactly."""
+    plain = sealer.open(Kind.TRAILER, envelope, name=name)
+    if len(plain) < 4:
+        raise CorruptObject(name, "trailer too short")
+    (count,) = _COUNT.unpack_from(plain, 0)
+    if len(plain) != 4 + count * _ENTRY.size:
+        raise CorruptObject(name, "trailer length does not match its blob count")
+    blobs: list[PackedBlob] = []
+    offset = 0
+    for i in range(count):
+        t, bid, length, raw = _ENTRY.unpack_from(plain, 4 + i * _ENTRY.size)
+        blobs.append(PackedBlob(t, bid, offset, length, raw))
+        offset += length
+    if offset + len(envelope) + TRAILER_LEN_SIZE != pack_size:
+        raise CorruptObject(name, "trailer does not describe the pack's layout")
+    return blobs
+
+
+def verify_pack_bytes(data: bytes, pack_id: str) -> None:
+    got = blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
+    if got != pack_id:
+        raise CorruptObject(f"pack {pack_id}", f"content hash mismatch (got {got[:16]}…)")
