@@ -129,6 +129,29 @@ class MemoryIndex:
         self._raw = np.zeros(0, dtype="<u4")
         self._type = np.zeros(0, dtype="u1")
         self._recent: dict[tuple[int, bytes], tuple[int, int, int, int]] = {}
+        self._refresh_views()
+
+    def _refresh_views(self) -> None:
+        """Rebuild the lookup helpers after the sorted arrays changed.
+
+        ``_bucket[b]`` is the first row whose ID starts with the 16-bit prefix
+        ``b``, so a lookup bisects only rows sharing its first two bytes, and
+        memoryviews give Python-int access without NumPy's per-call overhead
+        (a NumPy searchsorted per lookup costs tens of microseconds).
+        """
+        prefixes = (
+            self._ids.view(np.uint8).reshape(-1, 32)[:, :2].astype(np.uint32) @ np.array([256, 1], np.uint32)
+            if len(self._ids) else np.zeros(0, np.uint32)
+        )
+        self._bucket = memoryview(
+            np.searchsorted(prefixes, np.arange(65537, dtype=np.uint32)).astype(np.uint32)
+        )
+        self._id_mv = memoryview(self._ids.view(np.uint8)) if len(self._ids) else memoryview(b"")
+        self._pack_mv = memoryview(self._pack)
+        self._off_mv = memoryview(self._off)
+        self._len_mv = memoryview(self._len)
+        self._raw_mv = memoryview(self._raw)
+        self._type_mv = memoryview(self._type)
 
     # -- building ------------------------------------------------------------
 
@@ -177,6 +200,7 @@ class MemoryIndex:
         self._len = np.concatenate([self._len, ln.astype("<u4")])[order]
         self._raw = np.concatenate([self._raw, raw.astype("<u4")])[order]
         self._type = np.concatenate([self._type, typ.astype("u1")])[order]
+        self._refresh_views()
 
     def _merge_recent(self) -> None:
         if not self._recent:
@@ -204,15 +228,23 @@ class MemoryIndex:
             r = self._recent.get((blob_type, blob_id))
             if r is not None:
                 return BlobLocation(blob_type, blob_id, self._packs[r[0]], r[1], r[2], r[3])
-            ids = self._ids
-            i = int(np.searchsorted(ids, blob_id))
-            while i < len(ids) and _fix_id(bytes(ids[i])) == blob_id:
-                if self._type[i] == blob_type:
+            pfx = (blob_id[0] << 8) | blob_id[1]
+            lo, hi = self._bucket[pfx], self._bucket[pfx + 1]
+            mv = self._id_mv
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if mv[mid * 32 : mid * 32 + 32].tobytes() < blob_id:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            n = len(self._type_mv)
+            while lo < n and mv[lo * 32 : lo * 32 + 32] == blob_id:
+                if self._type_mv[lo] == blob_type:
                     return BlobLocation(
-                        blob_type, blob_id, self._packs[int(self._pack[i])],
-                        int(self._off[i]), int(self._len[i]), int(self._raw[i]),
+                        blob_type, blob_id, self._packs[self._pack_mv[lo]],
+                        self._off_mv[lo], self._len_mv[lo], self._raw_mv[lo],
                     )
-                i += 1
+                lo += 1
             return None
 
     def has(self, blob_type: int, blob_id: bytes) -> bool:
@@ -283,6 +315,7 @@ class MemoryIndex:
         idx._len = take("<u4", 4)
         idx._raw = take("<u4", 4)
         idx._type = take("u1", 1)
+        idx._refresh_views()
         if pos != len(data):
             raise ValueError("index cache length mismatch")
         return idx

@@ -1,0 +1,1 @@
+"""Operations: backup, restore, check, ... pipelines over a Repository."""

@@ -1,0 +1,709 @@
+"""The backup pipeline: file system (or a stream) -> blobs, trees and a snapshot.
+
+Vocabulary: the *targets* are the paths the user named; the *virtual root*
+mirrors their absolute paths (``/home/ann/docs`` becomes root -> home -> ann ->
+docs, the intermediate directories carrying their real metadata). A *parent*
+is the earlier snapshot whose nodes are compared with the file system: a
+regular file whose size, mtime, ctime, inode and device all equal its node in
+the parent (and whose content blobs are all still in the index, and which was
+read without error) is not read again; its content list is reused. Everything
+else is read, chunked and saved.
+
+Pipeline: the walk runs in the calling thread and never recurses (a 1,000-level
+deep tree is fine). Files to read go to a pool of reader threads; chunks of
+large files go on to a pool of saver threads, so one big file still keeps every
+core busy. Directories are finished in post-order once all their children are
+done; semaphores bound the work in flight, so memory does not grow with the
+tree. Source errors (a file that cannot be read) become warnings and the file
+is left out; repository errors abort the backup and no snapshot is written.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import stat
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from resurgo import __version__
+from resurgo.errors import Interrupted, SourceError
+from resurgo.ops.excludes import Excluder
+from resurgo.progress import NULL, Reporter
+from resurgo.repo import BlobType, Repository
+from resurgo.snapshot.fsmeta import (
+    data_extents,
+    file_changed,
+    holes_from_extents,
+    node_from_path,
+    open_for_backup,
+    show_path,
+)
+from resurgo.snapshot.model import Node, NodeType, Snapshot, encode_tree
+from resurgo.snapshot.store import find_snapshot, list_snapshots, load_tree, save_snapshot
+
+# Files at least this big have their chunks saved by the saver pool, so a
+# single large file uses every core; smaller files are saved by their reader.
+PARALLEL_FILE_BYTES = 8 << 20
+MAX_FILES_IN_FLIGHT = 256
+MAX_CHUNKS_IN_FLIGHT = 16
+
+
+@dataclass
+class BackupOptions:
+    tags: list[str] = field(default_factory=list)
+    hostname: str | None = None
+    excluder: Excluder | None = None
+    one_file_system: bool = False
+    parent: str | None = None  # snapshot ID to compare with; None: latest of same host+paths
+    force: bool = False  # re-read every file
+    read_threads: int = 2
+    save_threads: int = max(2, os.cpu_count() or 2)
+    excludes_text: list[str] = field(default_factory=list)  # recorded in the snapshot
+
+
+@dataclass
+class BackupSummary:
+    files_new: int = 0
+    files_changed: int = 0
+    files_unchanged: int = 0
+    dirs: int = 0
+    others: int = 0
+    bytes_read: int = 0
+    bytes_total: int = 0
+    blobs_added: int = 0
+    bytes_added: int = 0  # bytes written to packs (after compression and encryption)
+    bytes_added_raw: int = 0
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    started: float = 0.0
+    duration: float = 0.0
+    snapshot_id: str | None = None
+    parent: str | None = None
+
+    @property
+    def files_total(self) -> int:
+        return self.files_new + self.files_changed + self.files_unchanged
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files_new": self.files_new,
+            "files_changed": self.files_changed,
+            "files_unchanged": self.files_unchanged,
+            "files_total": self.files_total,
+            "dirs": self.dirs,
+            "others": self.others,
+            "bytes_read": self.bytes_read,
+            "bytes_total": self.bytes_total,
+            "blobs_added": self.blobs_added,
+            "bytes_added": self.bytes_added,
+            "bytes_added_raw": self.bytes_added_raw,
+            "warnings": len(self.warnings),
+            "duration": round(self.duration, 3),
+            "snapshot_id": self.snapshot_id,
+            "parent": self.parent,
+        }
+
+
+class _SourceProblem(Exception):
+    """A file could not be read: becomes a warning, the file is left out."""
+
+
+@dataclass(eq=False)
+class _DirJob:
+    path: bytes
+    node: Node
+    children: list[Node | Future[Node | None] | _DirJob] = field(default_factory=list)
+    result: Node | None = None
+    # The parent snapshot's version of this directory, to reuse its tree when
+    # nothing inside changed (no encoding, hashing or upload for it then).
+    old_subtree: bytes | None = None
+    old_nodes: dict[bytes, Node] | None = None
+    excluded: bool = False
+
+    def ready(self) -> bool:
+        for c in self.children:
+            if isinstance(c, Future) and not c.done():
+                return False
+            if isinstance(c, _DirJob) and c.result is None:
+                return False
+        return True
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent.rstrip(b"/") + b"/" + name
+
+
+def normalize_targets(paths: Sequence[str | bytes]) -> list[bytes]:
+    """Absolute, de-duplicated targets; a target inside another target is dropped."""
+    out: list[bytes] = []
+    for p in sorted({os.path.abspath(os.fsencode(p)) for p in paths}):
+        if any(p == q or p.startswith(q.rstrip(b"/") + b"/") for q in out):
+            continue
+        out.append(p)
+    return out
+
+
+class _Backup:
+    def __init__(self, repo: Repository, opts: BackupOptions, reporter: Reporter,
+                 should_stop: Callable[[], bool]) -> None:
+        self.repo = repo
+        self.opts = opts
+        self.reporter = reporter
+        self.should_stop = should_stop
+        self.summary = BackupSummary(started=time.time())
+        self.chunker = repo.chunker()
+        self._lock = threading.Lock()
+        self._readers = ThreadPoolExecutor(opts.read_threads, thread_name_prefix="resurgo-read")
+        self._savers = ThreadPoolExecutor(opts.save_threads, thread_name_prefix="resurgo-save")
+        self._files_sem = threading.BoundedSemaphore(MAX_FILES_IN_FLIGHT)
+        self._pending_dirs: deque[_DirJob] = deque()
+        self._hardlinks: dict[tuple[int, int], Future[Node | None]] = {}
+        self._fatal: BaseException | None = None
+        self._last_progress = 0.0
+
+    # -- bookkeeping -------------------------------------------------------------
+
+    def warn(self, path: bytes, message: str) -> None:
+        w = {"path": show_path(path), "error": message}
+        with self._lock:
+            self.summary.warnings.append(w)
+        self.reporter.event("warning", **w)
+
+    def _progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < 0.2:
+            return
+        self._last_progress = now
+        s = self.summary
+        self.reporter.progress(
+            files_done=s.files_total, bytes_done=s.bytes_read, bytes_total=s.bytes_total,
+            dirs_done=s.dirs, bytes_added=self.repo.stats_added["bytes_stored"],
+        )
+
+    def _check_stop(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        if self.should_stop():
+            raise Interrupted("backup interrupted; no snapshot was written")
+
+    # -- file content -------------------------------------------------------------
+
+    def _save_chunks(self, chunks: Iterator[memoryview], parallel: bool) -> tuple[list[bytes], int]:
+        """Save chunks; returns (blob IDs in order, bytes read)."""
+        if not parallel:
+            ids = []
+            total = 0
+            for c in chunks:
+                total += len(c)
+                ids.append(self.repo.save_blob(BlobType.DATA, c)[0])
+            return ids, total
+        sem = threading.BoundedSemaphore(MAX_CHUNKS_IN_FLIGHT)
+        futures: list[Future[tuple[bytes, bool]]] = []
+
+        def save(c: memoryview) -> tuple[bytes, bool]:
+            try:
+                return self.repo.save_blob(BlobType.DATA, c)
+            finally:
+                sem.release()
+
+        total = 0
+        try:
+            for c in chunks:
+                total += len(c)
+                sem.acquire()
+                futures.append(self._savers.submit(save, c))
+        finally:
+            # Wait for everything submitted even on a read error, so no save
+            # outlives this file (and repository errors are never lost).
+            results = [f.result() for f in futures]
+        return [r[0] for r in results], total
+
+    def _read_file(self, path: bytes, node: Node, st: os.stat_result) -> Node:
+        try:
+            fd = open_for_backup(path)
+        except OSError as e:
+            raise _SourceProblem(f"cannot open: {e.strerror or e}")
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode) or file_changed(st, before):
+                raise _SourceProblem("file was replaced while being backed up")
+            size = before.st_size
+            sparse = size > 0 and before.st_blocks * 512 < size
+            extents = data_extents(fd, size) if sparse else [(0, size)]
+            try:
+                chunks = self._extent_chunks(fd, extents) if sparse else self.chunker.fd_chunks(fd)
+                ids, nread = self._save_chunks(chunks, parallel=size >= PARALLEL_FILE_BYTES)
+            except OSError as e:
+                raise _SourceProblem(f"read error: {e.strerror or e}")
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        node.content = ids
+        node.holes = holes_from_extents(extents, size) if sparse else []
+        expected = sum(length for _, length in extents)
+        if file_changed(before, after) or nread != expected:
+            node.error = "changed while being read"
+            node.size = before.st_size if nread == expected else nread + sum(h[1] for h in node.holes)
+            self.warn(path, "file changed while it was being read; the stored copy may be inconsistent")
+        with self._lock:
+            self.summary.bytes_read += nread
+        return node
+
+    def _extent_chunks(self, fd: int, extents: list[tuple[int, int]]) -> Iterator[memoryview]:
+        """Chunks of the data extents only, as one stream (holes are not data)."""
+        def reader() -> Iterator[bytes]:
+            for off, length in extents:
+                pos = off
+                end = off + length
+                while pos < end:
+                    b = os.pread(fd, min(16 << 20, end - pos), pos)
+                    if not b:
+                        return
+                    pos += len(b)
+                    yield b
+
+        buf = b"".join(reader()) if sum(e[1] for e in extents) <= 64 << 20 else None
+        if buf is not None:
+            yield from self.chunker.cut(buf)
+            return
+        # Large sparse file: cut block by block, carrying the undecided tail.
+        carry = b""
+        blocks = reader()
+        eof = False
+        while not eof:
+            block = next(blocks, None)
+            eof = block is None
+            data = carry + (block or b"")
+            if not data:
+                break
+            mv = memoryview(data)
+            carry = b""
+            for c in self.chunker._cdc.cut_buf(mv):
+                if not eof and c.offset + self.chunker.max_size > len(data):
+                    carry = bytes(mv[c.offset :])
+                    break
+                yield mv[c.offset : c.offset + c.length]
+
+    def _file_job(self, path: bytes, node: Node, st: os.stat_result, status: str) -> Node | None:
+        try:
+            if self._fatal is not None or self.should_stop():
+                return None
+            try:
+                done = self._read_file(path, node, st)
+            except _SourceProblem as e:
+                self.warn(path, str(e))
+                return None
+            with self._lock:
+                if status == "new":
+                    self.summary.files_new += 1
+                else:
+                    self.summary.files_changed += 1
+            self._progress()
+            return done
+        except BaseException as e:  # repository errors: abort the whole backup
+            if self._fatal is None:
+                self._fatal = e
+            raise
+        finally:
+            self._files_sem.release()
+
+    # -- walking ------------------------------------------------------------------
+
+    def _unchanged(self, node: Node, old: Node | None) -> bool:
+        if self.opts.force or old is None or old.type is not NodeType.FILE or old.error:
+            return False
+        if (old.size, old.mtime_ns, old.ctime_ns, old.inode, old.device_id) != (
+            node.size, node.mtime_ns, node.ctime_ns, node.inode, node.device_id
+        ):
+            return False
+        # A blob that left the index (damage, or an old parent) forces a re-read.
+        return all(self.repo.has_blob(BlobType.DATA, b) for b in old.content)
+
+    def _entry(self, path: bytes, name: bytes, st: os.stat_result, old: Node | None,
+               job: _DirJob, dirs: list[tuple[bytes, os.stat_result, Node | None]]) -> None:
+        try:
+            node = node_from_path(path, st, name=name)
+        except (OSError, ValueError) as e:
+            self.warn(path, f"cannot read metadata: {e}")
+            return
+        if node.type is NodeType.DIR:
+            dirs.append((path, st, old))
+            return
+        if node.type is not NodeType.FILE:
+            with self._lock:
+                self.summary.others += 1
+            job.children.append(node)
+            return
+        with self._lock:
+            self.summary.bytes_total += node.size
+        if self._unchanged(node, old):
+            assert old is not None
+            node.content = list(old.content)
+            node.holes = list(old.holes)
+            with self._lock:
+                self.summary.files_unchanged += 1
+            job.children.append(node)
+            return
+        status = "new" if old is None else "changed"
+        link_key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and link_key in self._hardlinks:
+            # Another name of a file already being read: share its content.
+            first = self._hardlinks[link_key]
+            fut: Future[Node | None] = Future()
+
+            def copy(f: Future[Node | None], n: Node = node) -> None:
+                src = f.result() if not f.exception() else None
+                if src is None:
+                    fut.set_result(None)
+                    return
+                n.content, n.holes, n.error = list(src.content), list(src.holes), src.error
+                fut.set_result(n)
+
+            first.add_done_callback(copy)
+            job.children.append(fut)
+            with self._lock:
+                if status == "new":
+                    self.summary.files_new += 1
+                else:
+                    self.summary.files_changed += 1
+            return
+        self._files_sem.acquire()
+        self._check_stop()
+        f = self._readers.submit(self._file_job, path, node, st, status)
+        if st.st_nlink > 1:
+            self._hardlinks[link_key] = f
+        job.children.append(f)
+
+    def _scan_dir(self, job: _DirJob, parent_tree: bytes | None) -> list[tuple[bytes, _DirJob, bytes | None]]:
+        """Add the entries of ``job`` and return its subdirectories to walk."""
+        old_nodes: dict[bytes, Node] = {}
+        if parent_tree is not None:
+            try:
+                old_nodes = {n.name: n for n in load_tree(self.repo, parent_tree)}
+                job.old_subtree, job.old_nodes = parent_tree, old_nodes
+            except Exception:
+                old_nodes = {}  # an unreadable parent tree only costs re-reading
+        try:
+            with os.scandir(job.path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            self.warn(job.path, f"cannot list directory: {e.strerror or e}")
+            job.node.error = "could not list directory"
+            return []
+        names = {entry.name for entry in entries}
+        excl = self.opts.excluder
+        if excl is not None and excl.dir_excluded_by_content(job.path, names):
+            # A marked directory (CACHEDIR.TAG, --exclude-if-present) is left
+            # out entirely, marker included, as restic does.
+            job.excluded = True
+            return []
+        subdirs: list[tuple[bytes, os.stat_result, Node | None]] = []
+        for entry in entries:
+            path = os.fsencode(entry.path)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as err:
+                self.warn(path, f"cannot stat: {err.strerror or err}")
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if excl is not None and excl.excluded(path, is_dir):
+                continue
+            self._entry(path, entry.name, st, old_nodes.get(entry.name), job, subdirs)
+        out = []
+        for path, st, old in subdirs:
+            try:
+                node = node_from_path(path, st)
+            except (OSError, ValueError) as err:
+                self.warn(path, f"cannot read metadata: {err}")
+                continue
+            sub = _DirJob(path, node)
+            job.children.append(sub)
+            with self._lock:
+                self.summary.dirs += 1
+            if self.opts.one_file_system and st.st_dev != job.node.device_id:
+                # A mount point: recorded as an empty directory, not entered.
+                node.subtree = self.repo.save_blob(BlobType.TREE, encode_tree([]))[0]
+                sub.result = node
+                continue
+            old_sub = old.subtree if old is not None and old.type is NodeType.DIR else None
+            out.append((path, sub, old_sub))
+        return out
+
+    def walk_dir(self, root: _DirJob, parent_tree: bytes | None) -> None:
+        """Walk ``root`` iteratively; directories are queued for finishing in post-order."""
+        # Stack entries: (job, subdirectories still to visit).
+        stack: list[tuple[_DirJob, list[tuple[bytes, _DirJob, bytes | None]]]] = []
+        stack.append((root, self._scan_dir(root, parent_tree)[::-1]))
+        while stack:
+            self._check_stop()
+            job, todo = stack[-1]
+            if todo:
+                _, sub, old_sub = todo.pop()
+                stack.append((sub, self._scan_dir(sub, old_sub)[::-1]))
+                continue
+            stack.pop()
+            self._pending_dirs.append(job)
+            self._finish_ready_dirs(block=False)
+
+    def _finish_ready_dirs(self, *, block: bool) -> None:
+        while self._pending_dirs:
+            head = self._pending_dirs[0]
+            if not head.ready():
+                if not block:
+                    return
+                for c in head.children:
+                    if isinstance(c, Future):
+                        c.exception()  # wait
+                self._check_stop()
+            self._finish_dir(head)
+            self._pending_dirs.popleft()
+
+    def _finish_dir(self, job: _DirJob) -> None:
+        # A stop request makes readers return None: never save a tree then,
+        # or the snapshot would silently miss files.
+        self._check_stop()
+        nodes: list[Node] = []
+        for c in job.children:
+            if isinstance(c, Future):
+                if c.exception() is not None:
+                    raise c.exception()  # type: ignore[misc]
+                n = c.result()
+                if n is not None:
+                    nodes.append(n)
+            elif isinstance(c, _DirJob):
+                assert c.result is not None
+                if not c.excluded:
+                    nodes.append(c.result)
+            else:
+                nodes.append(c)
+        old = job.old_nodes
+        if (
+            old is not None and job.old_subtree is not None and len(old) == len(nodes)
+            and all(old.get(n.name) == n for n in nodes)
+            and self.repo.has_blob(BlobType.TREE, job.old_subtree)
+        ):
+            job.node.subtree = job.old_subtree
+        else:
+            job.node.subtree = self.repo.save_blob(BlobType.TREE, encode_tree(nodes))[0]
+        job.result = job.node
+
+    # -- the virtual root ------------------------------------------------------------
+
+    def build_root(self, targets: list[bytes], parent_root: bytes | None) -> bytes:
+        """Back up ``targets`` and return the root tree ID."""
+        # Nested dict of path components; None marks a target (a leaf).
+        tree: dict[bytes, Any] = {}
+        for t in targets:
+            parts = [p for p in t.split(b"/") if p]
+            d = tree
+            for p in parts[:-1]:
+                d = d.setdefault(p, {})
+            if parts:
+                d[parts[-1]] = None
+        if targets == [b"/"]:
+            root = _DirJob(b"/", node_from_path(b"/", name=b"/"))
+            self.walk_dir(root, parent_root)
+            self._finish_ready_dirs(block=True)
+            assert root.node.subtree is not None
+            return root.node.subtree
+        return self._virtual(b"/", tree, parent_root)
+
+    def _virtual(self, path: bytes, tree: dict[bytes, Any], parent_tree: bytes | None) -> bytes:
+        old_nodes: dict[bytes, Node] = {}
+        if parent_tree is not None:
+            try:
+                old_nodes = {n.name: n for n in load_tree(self.repo, parent_tree)}
+            except Exception:
+                old_nodes = {}
+        nodes: list[Node] = []
+        for name in sorted(tree):
+            sub = tree[name]
+            full = _join(path, name)
+            old = old_nodes.get(name)
+            try:
+                st = os.lstat(full)
+            except OSError as e:
+                self.warn(full, f"cannot back up: {e.strerror or e}")
+                continue
+            old_subtree = old.subtree if old is not None and old.type is NodeType.DIR else None
+            if sub is None and stat.S_ISDIR(st.st_mode):
+                job = _DirJob(full, node_from_path(full, st))
+                with self._lock:
+                    self.summary.dirs += 1
+                self.walk_dir(job, old_subtree)
+                self._finish_ready_dirs(block=True)
+                nodes.append(job.node)
+            elif sub is None:
+                holder = _DirJob(path, Node(name=b"", type=NodeType.DIR))
+                self._entry(full, name, st, old, holder, [])
+                for c in holder.children:
+                    n = c.result() if isinstance(c, Future) else c
+                    if isinstance(n, Node):
+                        nodes.append(n)
+                self._check_stop()
+            else:
+                if not stat.S_ISDIR(st.st_mode):
+                    self.warn(full, "is not a directory")
+                    continue
+                node = node_from_path(full, st)
+                node.subtree = self._virtual(full, sub, old_subtree)
+                nodes.append(node)
+        return self.repo.save_blob(BlobType.TREE, encode_tree(nodes))[0]
+
+    def close(self, *, wait: bool = True) -> None:
+        self._readers.shutdown(wait=wait, cancel_futures=not wait)
+        self._savers.shutdown(wait=wait, cancel_futures=not wait)
+
+
+def _find_parent(repo: Repository, opts: BackupOptions, host: str, paths: list[str]) -> Snapshot | None:
+    if opts.force:
+        return None
+    if opts.parent:
+        return find_snapshot(repo, opts.parent)
+    same = [s for s in list_snapshots(repo) if s.hostname == host and sorted(s.paths) == sorted(paths)]
+    return same[-1] if same else None
+
+
+def backup_paths(
+    repo: Repository,
+    paths: Sequence[str | bytes],
+    opts: BackupOptions | None = None,
+    *,
+    reporter: Reporter = NULL,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> BackupSummary:
+    """Back up ``paths`` and save a snapshot. Warnings are in the summary."""
+    opts = opts or BackupOptions()
+    targets = normalize_targets(paths)
+    if not targets:
+        raise SourceError("nothing to back up: no paths given")
+    existing = [t for t in targets if os.path.lexists(t)]
+    if not existing:
+        raise SourceError("nothing to back up: none of the given paths exists: "
+                          + ", ".join(show_path(t) for t in targets))
+    host = opts.hostname or socket.gethostname()
+    path_strs = [os.fsdecode(t) for t in targets]
+    parent = _find_parent(repo, opts, host, path_strs)
+    b = _Backup(repo, opts, reporter, should_stop)
+    before = dict(repo.stats_added)
+    ok = False
+    try:
+        reporter.event("start", paths=path_strs, parent=parent.id if parent else None)
+        root = b.build_root(targets, parent.tree if parent else None)
+        b.close()
+        if b._fatal is not None:
+            raise b._fatal
+        repo.flush()
+        ok = True
+    finally:
+        if not ok:
+            b.close(wait=False)
+    s = b.summary
+    s.blobs_added = repo.stats_added["blobs"] - before["blobs"]
+    s.bytes_added = repo.stats_added["bytes_stored"] - before["bytes_stored"]
+    s.bytes_added_raw = repo.stats_added["bytes_raw"] - before["bytes_raw"]
+    s.parent = parent.id if parent else None
+    s.duration = time.time() - s.started
+    snap = Snapshot(
+        time_ns=int(s.started * 1e9),
+        tree=root,
+        paths=path_strs,
+        hostname=host,
+        username=_username(),
+        uid=os.getuid(),
+        gid=os.getgid(),
+        tags=sorted(set(opts.tags)),
+        parent=s.parent,
+        summary=s.as_dict(),
+        program_version=__version__,
+        excludes=list(opts.excludes_text),
+    )
+    b._check_stop()
+    s.snapshot_id = save_snapshot(repo, snap)
+    reporter.event("summary", **s.as_dict())
+    return s
+
+
+def _username() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return str(os.getuid())
+
+
+def backup_stream(
+    repo: Repository,
+    name: str,
+    *,
+    fd: int | None = None,
+    command: Sequence[str] | None = None,
+    opts: BackupOptions | None = None,
+    reporter: Reporter = NULL,
+) -> BackupSummary:
+    """Back up one stream (stdin, or a command's stdout) as the file ``/name``.
+
+    With ``command``, its exit status is checked after the stream ends: a
+    failed command raises SourceError and no snapshot is written, so a broken
+    database dump never looks like a good backup.
+    """
+    opts = opts or BackupOptions()
+    if not name or "/" in name or name in (".", ".."):
+        from resurgo.errors import UsageError
+
+        raise UsageError(f"bad stream file name {name!r}: use a plain file name")
+    host = opts.hostname or socket.gethostname()
+    started = time.time()
+    before = dict(repo.stats_added)
+    proc: subprocess.Popen[bytes] | None = None
+    if command is not None:
+        try:
+            proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        except OSError as e:
+            raise SourceError(f"cannot run {command[0]!r}: {e.strerror or e}")
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+    assert fd is not None
+    chunker = repo.chunker()
+    ids: list[bytes] = []
+    total = 0
+    try:
+        for c in chunker.fd_chunks(fd, read_size=1 << 20):
+            total += len(c)
+            ids.append(repo.save_blob(BlobType.DATA, c)[0])
+            reporter.progress(bytes_done=total)
+    finally:
+        if proc is not None:
+            assert proc.stdout is not None
+            proc.stdout.close()
+            rc = proc.wait()
+    if proc is not None and rc != 0:
+        raise SourceError(
+            f"command {' '.join(command or [])!r} failed with exit status {rc}; no snapshot was written"
+        )
+    now_ns = time.time_ns()
+    node = Node(
+        name=os.fsencode(name), type=NodeType.FILE, mode=0o600, uid=os.getuid(), gid=os.getgid(),
+        mtime_ns=now_ns, atime_ns=now_ns, ctime_ns=now_ns, size=total, content=ids,
+    )
+    root = repo.save_blob(BlobType.TREE, encode_tree([node]))[0]
+    repo.flush()
+    s = BackupSummary(started=started, files_new=1, bytes_read=total, bytes_total=total)
+    s.blobs_added = repo.stats_added["blobs"] - before["blobs"]
+    s.bytes_added = repo.stats_added["bytes_stored"] - before["bytes_stored"]
+    s.bytes_added_raw = repo.stats_added["bytes_raw"] - before["bytes_raw"]
+    s.duration = time.time() - started
+    snap = Snapshot(
+        time_ns=int(started * 1e9), tree=root, paths=["/" + name], hostname=host,
+        username=_username(), uid=os.getuid(), gid=os.getgid(), tags=sorted(set(opts.tags)),
+        summary=s.as_dict(), program_version=__version__,
+    )
+    s.snapshot_id = save_snapshot(repo, snap)
+    reporter.event("summary", **s.as_dict())
+    return s

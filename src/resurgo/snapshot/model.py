@@ -1,0 +1,513 @@
+"""The snapshot and tree model and its deterministic JSON serialization.
+
+Vocabulary: a *node* is one directory entry (file, directory, symlink, device,
+fifo, socket) with its metadata; a *tree* is the sorted list of the nodes of one
+directory, stored as a TREE blob whose ID is the keyed hash of its bytes; a
+*snapshot* names the root tree of one backup plus who/when/what.
+
+Trees are serialized deterministically (same nodes, same bytes), so unchanged
+directories deduplicate to the same tree blob across backups. The exact byte
+format, defaults and validation rules are documented under "Trees and
+snapshots" in the format documentation (``docs/``); this module implements it. Decoding is strict: anything malformed or hostile
+(names such as ``..`` or containing ``/``) raises ``CorruptObject`` rather than
+reaching the restore code.
+"""
+
+from __future__ import annotations
+
+import binascii
+import itertools
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from resurgo.errors import CorruptObject, UnsupportedVersion
+
+TREE_VERSION = 1
+SNAPSHOT_VERSION = 1
+
+BLOB_ID_SIZE = 32
+MAX_MODE = 0o7777  # permission bits plus setuid, setgid, sticky
+MAX_ID = 2**32 - 1  # uid/gid
+MAX_U64 = 2**64 - 1
+
+
+class NodeType(StrEnum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    BLOCKDEV = "blockdev"
+    CHARDEV = "chardev"
+    FIFO = "fifo"
+    SOCKET = "socket"
+
+
+@dataclass(slots=True)
+class Node:
+    """One directory entry. Field defaults are the values omitted on disk."""
+
+    name: bytes
+    type: NodeType
+    mode: int = 0  # permission + setuid/setgid/sticky bits, never file-type bits
+    uid: int = 0
+    gid: int = 0
+    user: str | None = None
+    group: str | None = None
+    mtime_ns: int = 0
+    atime_ns: int = 0
+    ctime_ns: int = 0
+    size: int = 0
+    inode: int = 0
+    device_id: int = 0  # st_dev of the filesystem the entry lived on
+    nlink: int = 1
+    rdev: int = 0  # device number of block/char devices
+    linktarget: bytes | None = None
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    content: list[bytes] = field(default_factory=list)  # data blob IDs, in file order
+    holes: list[tuple[int, int]] = field(default_factory=list)  # (offset, length)
+    subtree: bytes | None = None  # tree blob ID of a directory
+    error: str | None = None  # set when the entry could not be fully read, or was damaged
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """One backup: the root tree plus its provenance. ``id`` is set on load/save."""
+
+    time_ns: int
+    tree: bytes
+    paths: list[str] = field(default_factory=list)
+    hostname: str = ""
+    username: str = ""
+    uid: int = 0
+    gid: int = 0
+    tags: list[str] = field(default_factory=list)
+    parent: str | None = None  # snapshot ID (hex) this backup was based on
+    summary: dict[str, Any] = field(default_factory=dict)
+    program_version: str = ""
+    excludes: list[str] = field(default_factory=list)
+    damaged: bool = False  # set by repair when parts of the tree were replaced
+    id: str | None = None  # not serialized
+
+    @property
+    def time(self) -> datetime:
+        """The snapshot time as an aware UTC datetime (microsecond precision)."""
+        secs, ns = divmod(self.time_ns, 1_000_000_000)
+        return datetime.fromtimestamp(secs, UTC).replace(microsecond=ns // 1000)
+
+    @property
+    def short_id(self) -> str:
+        return (self.id or "")[:8]
+
+
+# --- encoding helpers ---------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+
+def _put_bytes(out: dict[str, Any], key: str, value: bytes) -> None:
+    """Store raw bytes as a string when they are valid UTF-8, else as base64."""
+    try:
+        out[key] = value.decode("utf-8")
+    except UnicodeDecodeError:
+        out[key + "_b64"] = _b64(value)
+
+
+def _canonical_json(obj: Any, *, ascii_only: bool = False) -> bytes:
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=ascii_only, allow_nan=False
+    ).encode("utf-8")
+
+
+def _text(value: str) -> str:
+    """``value`` made encodable as UTF-8: lone surrogates (undecodable bytes carried by
+    ``surrogateescape``, e.g. in an error message naming a path) become ``\\udcNN`` text."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_name(name: bytes) -> str | None:
+    """Why ``name`` is not a safe directory entry name, or None when it is."""
+    if not name:
+        return "empty name"
+    if name in (b".", b".."):
+        return f"forbidden name {name!r}"
+    if b"/" in name or b"\0" in name:
+        return f"name contains '/' or NUL: {name!r}"
+    return None
+
+
+def _encode_node(node: Node) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": node.type.value}
+    _put_bytes(out, "name", node.name)
+    for key in ("mode", "uid", "gid", "mtime_ns", "atime_ns", "ctime_ns", "size", "inode",
+                "device_id", "rdev"):
+        value = getattr(node, key)
+        if value != 0:
+            out[key] = value
+    if node.nlink != 1:
+        out["nlink"] = node.nlink
+    if node.user is not None:
+        out["user"] = _text(node.user)
+    if node.group is not None:
+        out["group"] = _text(node.group)
+    if node.error is not None:
+        out["error"] = _text(node.error)
+    if node.linktarget is not None:
+        _put_bytes(out, "linktarget", node.linktarget)
+    if node.xattrs:
+        attrs = []
+        for xname in sorted(node.xattrs):
+            entry: dict[str, Any] = {"value": _b64(node.xattrs[xname])}
+            _put_bytes(entry, "name", xname)
+            attrs.append(entry)
+        out["xattrs"] = attrs
+    if node.content:
+        out["content"] = [blob_id.hex() for blob_id in node.content]
+    if node.holes:
+        out["holes"] = [[offset, length] for offset, length in node.holes]
+    if node.subtree is not None:
+        out["subtree"] = node.subtree.hex()
+    return out
+
+
+def encode_tree(nodes: Iterable[Node]) -> bytes:
+    """Canonical bytes of a tree: nodes sorted by raw name, canonical JSON.
+
+    Raises ValueError for nodes no valid tree may contain (bad or duplicate
+    names): those are programming errors, not damage.
+    """
+    ordered = sorted(nodes, key=lambda n: n.name)
+    for i, node in enumerate(ordered):
+        problem = check_name(node.name)
+        if problem:
+            raise ValueError(f"cannot encode tree: {problem}")
+        if i and ordered[i - 1].name == node.name:
+            raise ValueError(f"cannot encode tree: duplicate name {node.name!r}")
+    return _canonical_json({"v": TREE_VERSION, "nodes": [_encode_node(n) for n in ordered]})
+
+
+# --- decoding -------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """Internal: a validation failure, turned into CorruptObject with the object name."""
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Invalid(f"duplicate JSON key {key!r}")
+        out[key] = value
+    return out
+
+
+def _reject_constant(token: str) -> Any:
+    raise _Invalid(f"invalid JSON number {token}")
+
+
+def _parse_json(data: bytes) -> Any:
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Invalid(f"not UTF-8: {exc}") from None
+    try:
+        return json.loads(
+            text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant
+        )
+    except ValueError as exc:  # JSONDecodeError, or an integer with too many digits
+        raise _Invalid(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise _Invalid("JSON nested too deeply") from None
+
+
+def _check_version(obj: Any, expected: int, what: str, name: str) -> None:
+    if not isinstance(obj, dict):
+        raise _Invalid(f"{what} is not a JSON object")
+    version = obj.get("v")
+    if type(version) is not int:
+        raise _Invalid(f"{what} has no integer format version 'v'")
+    if version != expected:
+        raise UnsupportedVersion(
+            f"{name}: {what} format version {version} is not supported "
+            f"(this resurgo reads version {expected})"
+        )
+
+
+def _int(obj: dict[str, Any], key: str, default: int, lo: int | None, hi: int | None) -> int:
+    value = obj.get(key, default)
+    if type(value) is not int:
+        raise _Invalid(f"field {key!r} is not an integer")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise _Invalid(f"field {key!r} out of range: {value}")
+    return value
+
+
+def _opt_str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _Invalid(f"field {key!r} is not a string")
+    return value
+
+
+def _str(obj: dict[str, Any], key: str, default: str) -> str:
+    value = obj.get(key, default)
+    if not isinstance(value, str):
+        raise _Invalid(f"field {key!r} is not a string")
+    return value
+
+
+def _unb64(value: Any, key: str) -> bytes:
+    if not isinstance(value, str):
+        raise _Invalid(f"field {key!r} is not a string")
+    try:
+        return binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise _Invalid(f"field {key!r} is not valid base64: {exc}") from None
+
+
+def _get_bytes(obj: dict[str, Any], key: str) -> bytes | None:
+    """Inverse of _put_bytes: exactly one of ``key`` / ``key_b64`` (or neither)."""
+    plain, b64 = obj.get(key), obj.get(key + "_b64")
+    if plain is not None and b64 is not None:
+        raise _Invalid(f"both {key!r} and {key + '_b64'!r} present")
+    if plain is not None:
+        if not isinstance(plain, str):
+            raise _Invalid(f"field {key!r} is not a string")
+        try:
+            return plain.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Invalid(f"field {key!r} is not valid Unicode") from None
+    if b64 is not None:
+        return _unb64(b64, key + "_b64")
+    return None
+
+
+def _blob_id(value: Any, key: str) -> bytes:
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise _Invalid(f"field {key!r} is not a 64-character lowercase hex blob ID")
+    return bytes.fromhex(value)
+
+
+def _list(obj: dict[str, Any], key: str) -> list[Any]:
+    value = obj.get(key, [])
+    if not isinstance(value, list):
+        raise _Invalid(f"field {key!r} is not a list")
+    return value
+
+
+_NODE_KEYS = frozenset({
+    "name", "name_b64", "type", "mode", "uid", "gid", "user", "group", "mtime_ns", "atime_ns",
+    "ctime_ns", "size", "inode", "device_id", "nlink", "rdev", "linktarget", "linktarget_b64",
+    "xattrs", "content", "holes", "subtree", "error",
+})
+_NODE_TYPES = {t.value: t for t in NodeType}
+
+
+def _decode_xattrs(raw: list[Any]) -> dict[bytes, bytes]:
+    xattrs: dict[bytes, bytes] = {}
+    for entry in raw:
+        if not isinstance(entry, dict) or not set(entry) <= {"name", "name_b64", "value"}:
+            raise _Invalid("malformed xattr entry")
+        xname = _get_bytes(entry, "name")
+        if not xname or b"\0" in xname:
+            raise _Invalid(f"invalid xattr name {xname!r}")
+        if xname in xattrs:
+            raise _Invalid(f"duplicate xattr {xname!r}")
+        if "value" not in entry:
+            raise _Invalid(f"xattr {xname!r} has no value")
+        xattrs[xname] = _unb64(entry["value"], "xattrs.value")
+    return xattrs
+
+
+def _decode_holes(raw: list[Any], size: int) -> list[tuple[int, int]]:
+    holes: list[tuple[int, int]] = []
+    end = 0
+    for hole in raw:
+        if (not isinstance(hole, list) or len(hole) != 2
+                or not all(type(x) is int for x in hole)):
+            raise _Invalid("malformed hole entry")
+        offset, length = hole
+        if offset < end or length <= 0 or offset + length > size:
+            raise _Invalid(f"hole ({offset}, {length}) overlaps, is unsorted or exceeds size")
+        holes.append((offset, length))
+        end = offset + length
+    return holes
+
+
+def _decode_node(obj: Any) -> Node:
+    if not isinstance(obj, dict):
+        raise _Invalid("node is not a JSON object")
+    unknown = set(obj) - _NODE_KEYS
+    if unknown:
+        raise _Invalid(f"unknown node fields {sorted(unknown)}")
+    name = _get_bytes(obj, "name")
+    if name is None:
+        raise _Invalid("node has no name")
+    problem = check_name(name)
+    if problem:
+        raise _Invalid(problem)
+    type_name = obj.get("type")
+    if not isinstance(type_name, str) or type_name not in _NODE_TYPES:
+        raise _Invalid(f"unknown node type {type_name!r} for {name!r}")
+    ntype = _NODE_TYPES[type_name]
+    node = Node(
+        name=name,
+        type=ntype,
+        mode=_int(obj, "mode", 0, 0, MAX_MODE),
+        uid=_int(obj, "uid", 0, 0, MAX_ID),
+        gid=_int(obj, "gid", 0, 0, MAX_ID),
+        user=_opt_str(obj, "user"),
+        group=_opt_str(obj, "group"),
+        mtime_ns=_int(obj, "mtime_ns", 0, None, None),
+        atime_ns=_int(obj, "atime_ns", 0, None, None),
+        ctime_ns=_int(obj, "ctime_ns", 0, None, None),
+        size=_int(obj, "size", 0, 0, MAX_U64),
+        inode=_int(obj, "inode", 0, 0, MAX_U64),
+        device_id=_int(obj, "device_id", 0, 0, MAX_U64),
+        nlink=_int(obj, "nlink", 1, 0, MAX_U64),
+        rdev=_int(obj, "rdev", 0, 0, MAX_U64),
+        error=_opt_str(obj, "error"),
+    )
+    node.linktarget = _get_bytes(obj, "linktarget")
+    if ntype is NodeType.SYMLINK:
+        if not node.linktarget or b"\0" in node.linktarget:
+            raise _Invalid(f"symlink {name!r} has an empty or NUL-containing target")
+    elif node.linktarget is not None:
+        raise _Invalid(f"{type_name} {name!r} has a link target")
+    node.xattrs = _decode_xattrs(_list(obj, "xattrs"))
+    node.content = [_blob_id(v, "content") for v in _list(obj, "content")]
+    node.holes = _decode_holes(_list(obj, "holes"), node.size)
+    if (node.content or node.holes) and ntype is not NodeType.FILE:
+        raise _Invalid(f"{type_name} {name!r} has file content")
+    if "subtree" in obj:
+        if ntype is not NodeType.DIR:
+            raise _Invalid(f"{type_name} {name!r} has a subtree")
+        node.subtree = _blob_id(obj["subtree"], "subtree")
+    elif ntype is NodeType.DIR and node.error is None:
+        raise _Invalid(f"directory {name!r} has no subtree")
+    return node
+
+
+def _tree_name(tree_id: bytes | None) -> str:
+    return f"tree {tree_id.hex()}" if tree_id is not None else "tree"
+
+
+def decode_tree(data: bytes, *, tree_id: bytes | None = None) -> list[Node]:
+    """Parse and validate a tree; nodes come back sorted by raw name.
+
+    Raises CorruptObject("tree <id>", reason) for anything malformed or hostile,
+    UnsupportedVersion for an unknown format version.
+    """
+    name = _tree_name(tree_id)
+    try:
+        obj = _parse_json(data)
+        _check_version(obj, TREE_VERSION, "tree", name)
+        if set(obj) != {"v", "nodes"}:
+            raise _Invalid(f"unexpected tree fields {sorted(set(obj) - {'v'})}")
+        raw_nodes = obj["nodes"]
+        if not isinstance(raw_nodes, list):
+            raise _Invalid("'nodes' is not a list")
+        nodes = sorted((_decode_node(n) for n in raw_nodes), key=lambda n: n.name)
+        for prev, cur in itertools.pairwise(nodes):
+            if prev.name == cur.name:
+                raise _Invalid(f"duplicate name {cur.name!r}")
+        return nodes
+    except _Invalid as exc:
+        raise CorruptObject(name, str(exc)) from None
+
+
+# --- snapshots ----------------------------------------------------------------------
+
+
+_SNAPSHOT_KEYS = frozenset({
+    "v", "time_ns", "tree", "paths", "hostname", "username", "uid", "gid", "tags", "parent",
+    "summary", "program_version", "excludes", "damaged",
+})
+
+
+def encode_snapshot(snap: Snapshot) -> bytes:
+    """Canonical JSON of a snapshot (``id`` excluded); defaults are omitted.
+
+    Non-ASCII is written as ``\\u`` escapes so that paths carrying undecodable
+    bytes (surrogate escapes) survive the round trip.
+    """
+    out: dict[str, Any] = {"v": SNAPSHOT_VERSION, "time_ns": snap.time_ns, "tree": snap.tree.hex()}
+    for key in ("paths", "tags", "excludes"):
+        value = getattr(snap, key)
+        if value:
+            out[key] = list(value)
+    for key in ("hostname", "username", "program_version"):
+        value = getattr(snap, key)
+        if value:
+            out[key] = value
+    for key in ("uid", "gid"):
+        value = getattr(snap, key)
+        if value:
+            out[key] = value
+    if snap.parent is not None:
+        out["parent"] = snap.parent
+    if snap.summary:
+        out["summary"] = snap.summary
+    if snap.damaged:
+        out["damaged"] = True
+    return _canonical_json(out, ascii_only=True)
+
+
+def _str_list(obj: dict[str, Any], key: str) -> list[str]:
+    value = _list(obj, key)
+    if not all(isinstance(v, str) for v in value):
+        raise _Invalid(f"field {key!r} is not a list of strings")
+    return list(value)
+
+
+def decode_snapshot(data: bytes, *, snapshot_id: str | None = None) -> Snapshot:
+    """Parse and validate a snapshot; ``snapshot_id`` names it in errors and sets ``id``."""
+    name = f"snapshot {snapshot_id}" if snapshot_id else "snapshot"
+    try:
+        obj = _parse_json(data)
+        _check_version(obj, SNAPSHOT_VERSION, "snapshot", name)
+        unknown = set(obj) - _SNAPSHOT_KEYS
+        if unknown:
+            raise _Invalid(f"unknown snapshot fields {sorted(unknown)}")
+        if "time_ns" not in obj or "tree" not in obj:
+            raise _Invalid("snapshot lacks 'time_ns' or 'tree'")
+        parent = _opt_str(obj, "parent")
+        if parent is not None and not re.fullmatch(r"[0-9a-f]+", parent):
+            raise _Invalid("field 'parent' is not a lowercase hex snapshot ID")
+        summary = obj.get("summary", {})
+        if not isinstance(summary, dict):
+            raise _Invalid("field 'summary' is not an object")
+        damaged = obj.get("damaged", False)
+        if not isinstance(damaged, bool):
+            raise _Invalid("field 'damaged' is not a boolean")
+        return Snapshot(
+            time_ns=_int(obj, "time_ns", 0, None, None),
+            tree=_blob_id(obj["tree"], "tree"),
+            paths=_str_list(obj, "paths"),
+            hostname=_str(obj, "hostname", ""),
+            username=_str(obj, "username", ""),
+            uid=_int(obj, "uid", 0, 0, MAX_ID),
+            gid=_int(obj, "gid", 0, 0, MAX_ID),
+            tags=_str_list(obj, "tags"),
+            parent=parent,
+            summary=summary,
+            program_version=_str(obj, "program_version", ""),
+            excludes=_str_list(obj, "excludes"),
+            damaged=damaged,
+            id=snapshot_id,
+        )
+    except _Invalid as exc:
+        raise CorruptObject(name, str(exc)) from None

@@ -1,0 +1,337 @@
+"""The backup pipeline, driven through its engine API on real files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from resurgo.backend.faults import FaultyBackend
+from resurgo.backend.local import LocalBackend
+from resurgo.backend.memory import MemoryBackend
+from resurgo.errors import BackendError, Interrupted, SourceError
+from resurgo.ops import backup as backup_mod
+from resurgo.ops.backup import BackupOptions, backup_paths, backup_stream
+from resurgo.ops.check import check_repository
+from resurgo.ops.excludes import Excluder
+from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
+from resurgo.repo.chunker import Chunker
+from resurgo.snapshot.model import Node, NodeType
+from resurgo.snapshot.store import list_snapshots, walk_tree
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return Repository.init(
+        MemoryBackend(), "pw", params=RepoParams.tiny_for_tests(), kdf=KDFParams.weak_for_tests()
+    )
+
+
+def nodes_of(repo: Repository, tree: bytes) -> dict[bytes, Node]:
+    return dict(walk_tree(repo, tree))
+
+
+def content_of(repo: Repository, node: Node) -> bytes:
+    return b"".join(repo.load_blob(BlobType.DATA, b) for b in node.content)
+
+
+def rel(path: Path) -> bytes:
+    return os.fsencode(path).lstrip(b"/")
+
+
+def test_backup_stores_every_file_and_directory_under_its_absolute_path(repo, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"alpha")
+    (src / "sub" / "b.bin").write_bytes(os.urandom(50_000))
+    s = backup_paths(repo, [src])
+    snap = list_snapshots(repo)[-1]
+    assert snap.id == s.snapshot_id and snap.paths == [str(src)]
+    nodes = nodes_of(repo, snap.tree)
+    assert content_of(repo, nodes[rel(src / "a.txt")]) == b"alpha"
+    assert content_of(repo, nodes[rel(src / "sub" / "b.bin")]) == (src / "sub" / "b.bin").read_bytes()
+    assert nodes[rel(src / "sub")].type is NodeType.DIR
+    assert s.files_new == 2 and s.files_unchanged == 0
+    assert check_repository(repo, read_all_data=True).ok
+
+
+def test_unchanged_files_are_not_read_again_and_changed_ones_are(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(50):
+        (src / f"f{i}").write_bytes(os.urandom(3000))
+    first = backup_paths(repo, [src])
+    second = backup_paths(repo, [src])
+    assert second.files_unchanged == 50 and second.bytes_read == 0
+    assert second.parent == first.snapshot_id
+    # The first backup's directory reads updated the directories' atime; once
+    # that settled, an unchanged tree adds nothing at all.
+    third = backup_paths(repo, [src])
+    assert third.files_unchanged == 50 and third.blobs_added == 0
+    (src / "f7").write_bytes(b"new content")
+    fourth = backup_paths(repo, [src])
+    assert fourth.files_changed == 1 and fourth.files_unchanged == 49
+    assert fourth.bytes_read == len(b"new content")
+    snap = list_snapshots(repo)[-1]
+    assert content_of(repo, nodes_of(repo, snap.tree)[rel(src / "f7")]) == b"new content"
+
+
+def test_force_rereads_every_file(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"x" * 1000)
+    backup_paths(repo, [src])
+    s = backup_paths(repo, [src], BackupOptions(force=True))
+    assert s.files_new == 1 and s.bytes_read == 1000
+
+
+def test_a_parent_blob_missing_from_the_index_forces_a_reread(repo, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"payload")
+    backup_paths(repo, [src])
+    real_has = repo.has_blob
+    monkeypatch.setattr(repo, "has_blob", lambda t, b: False if t == BlobType.DATA else real_has(t, b))
+    s = backup_paths(repo, [src])
+    assert s.files_changed == 1 and s.bytes_read == len(b"payload")
+
+
+def test_identical_content_is_stored_once(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(40_000)
+    (src / "one").write_bytes(data)
+    (src / "two").write_bytes(data)
+    s = backup_paths(repo, [src])
+    stored = repo.stats_added["bytes_raw"]
+    assert s.bytes_read == 2 * len(data)
+    assert stored < len(data) + 20_000  # trees are small; the data is there once
+
+
+def test_hard_links_share_content_and_are_read_once(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(10_000))
+    os.link(src / "a", src / "b")
+    s = backup_paths(repo, [src])
+    nodes = nodes_of(repo, list_snapshots(repo)[-1].tree)
+    a, b = nodes[rel(src / "a")], nodes[rel(src / "b")]
+    assert a.inode == b.inode and a.nlink == 2
+    assert a.content == b.content and content_of(repo, b) == (src / "a").read_bytes()
+    assert s.bytes_read == 10_000
+
+
+def test_sparse_file_holes_are_recorded_and_not_stored_as_data(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "sparse"
+    with open(f, "wb") as fh:
+        fh.truncate(64 << 20)
+        fh.seek(20 << 20)
+        fh.write(b"middle")
+    s = backup_paths(repo, [src])
+    node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(f)]
+    assert node.size == 64 << 20
+    assert node.holes and sum(length for _, length in node.holes) > 60 << 20
+    assert s.bytes_read < 1 << 20
+    data = content_of(repo, node)
+    assert b"middle" in data and len(data) == node.size - sum(h[1] for h in node.holes)
+
+
+def test_symlinks_are_stored_not_followed(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (tmp_path / "outside").write_bytes(b"secret")
+    os.symlink(tmp_path / "outside", src / "link")
+    backup_paths(repo, [src])
+    node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(src / "link")]
+    assert node.type is NodeType.SYMLINK and node.linktarget == os.fsencode(tmp_path / "outside")
+    assert node.content == []
+
+
+def test_a_thousand_levels_deep_tree_backs_up(repo, tmp_path):
+    src = tmp_path / "src"
+    d = src
+    # Build with relative mkdir calls: the full path exceeds PATH_MAX.
+    src.mkdir()
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        for _ in range(1000):
+            os.mkdir("d", dir_fd=fd)
+            nfd = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        with open(os.open("leaf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as fh:
+            fh.write(b"bottom")
+    finally:
+        os.close(fd)
+    del d
+    s = backup_paths(repo, [src])
+    assert s.dirs == 1001 and s.files_new == 1
+    depth = max(p.count(b"/") for p, _ in walk_tree(repo, list_snapshots(repo)[-1].tree))
+    assert depth >= 1000
+
+
+def test_unreadable_file_is_reported_skipped_and_the_snapshot_still_written(repo, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "good").write_bytes(b"fine")
+    (src / "bad").write_bytes(b"unreadable")
+    real_open = backup_mod.open_for_backup
+
+    def deny(path: bytes) -> int:
+        if path.endswith(b"/bad"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path)
+
+    monkeypatch.setattr(backup_mod, "open_for_backup", deny)
+    s = backup_paths(repo, [src])
+    assert s.snapshot_id is not None
+    assert len(s.warnings) == 1 and s.warnings[0]["path"].endswith("/bad")
+    assert "Permission denied" in s.warnings[0]["error"]
+    nodes = nodes_of(repo, list_snapshots(repo)[-1].tree)
+    assert rel(src / "bad") not in nodes and rel(src / "good") in nodes
+
+
+def test_file_changed_while_read_is_detected_and_reported(repo, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    target = src / "growing"
+    target.write_bytes(os.urandom(200_000))
+    real = Chunker.fd_chunks
+
+    def appending(self, fd, **kw):
+        first = True
+        for c in real(self, fd, **kw):
+            if first:
+                with open(target, "ab") as fh:
+                    fh.write(b"appended while reading")
+                first = False
+            yield c
+
+    monkeypatch.setattr(Chunker, "fd_chunks", appending)
+    s = backup_paths(repo, [src])
+    assert any("changed" in w["error"] for w in s.warnings)
+    node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(target)]
+    assert node.error == "changed while being read"
+
+
+def test_repository_error_aborts_the_backup_and_writes_no_snapshot(tmp_path):
+    faulty = FaultyBackend(MemoryBackend())
+    repo = Repository.init(faulty, "pw", params=RepoParams.tiny_for_tests(), kdf=KDFParams.weak_for_tests())
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_bytes(os.urandom(20_000))
+    faulty.fail_next("put", n=1000, error=BackendError("disk on fire"))
+    with pytest.raises(BackendError, match="disk on fire"):
+        backup_paths(repo, [src])
+    assert repo.list_objects("snapshots") == []
+
+
+def test_stop_request_interrupts_without_a_snapshot(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i}").write_bytes(os.urandom(5000))
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(Interrupted):
+        backup_paths(repo, [src], should_stop=stop)
+    assert repo.list_objects("snapshots") == []
+
+
+def test_excludes_and_cache_dirs_are_left_out(repo, tmp_path):
+    src = tmp_path / "src"
+    (src / "keep").mkdir(parents=True)
+    (src / "cache").mkdir()
+    (src / "keep" / "a.txt").write_bytes(b"a")
+    (src / "keep" / "debug.log").write_bytes(b"log")
+    (src / "cache" / "CACHEDIR.TAG").write_bytes(b"Signature: 8a477f597d28d172789f06886806bc55\n")
+    (src / "cache" / "big").write_bytes(b"cached")
+    ex = Excluder(exclude=["*.log"], exclude_caches=True)
+    backup_paths(repo, [src], BackupOptions(excluder=ex))
+    names = {p for p in nodes_of(repo, list_snapshots(repo)[-1].tree)}
+    assert rel(src / "keep" / "a.txt") in names
+    assert rel(src / "keep" / "debug.log") not in names
+    assert rel(src / "cache" / "big") not in names
+    assert rel(src / "cache") not in names  # a marked directory is left out entirely
+
+
+def test_several_targets_share_one_virtual_root(repo, tmp_path):
+    a = tmp_path / "x" / "a"
+    b = tmp_path / "y" / "b"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    (a / "1").write_bytes(b"one")
+    (b / "2").write_bytes(b"two")
+    backup_paths(repo, [a, b, a / "1"])  # a/1 is inside a: dropped
+    snap = list_snapshots(repo)[-1]
+    assert snap.paths == sorted([str(a), str(b)])
+    nodes = nodes_of(repo, snap.tree)
+    assert content_of(repo, nodes[rel(a / "1")]) == b"one"
+    assert content_of(repo, nodes[rel(b / "2")]) == b"two"
+
+
+def test_missing_paths_fail_when_nothing_exists(repo, tmp_path):
+    with pytest.raises(SourceError):
+        backup_paths(repo, [tmp_path / "nope"])
+
+
+def test_stream_from_command_is_stored_as_one_file(repo):
+    s = backup_stream(repo, "dump.sql", command=["sh", "-c", "printf 'CREATE TABLE t;'"])
+    snap = list_snapshots(repo)[-1]
+    assert snap.paths == ["/dump.sql"] and s.bytes_read == len(b"CREATE TABLE t;")
+    node = nodes_of(repo, snap.tree)[b"dump.sql"]
+    assert content_of(repo, node) == b"CREATE TABLE t;"
+
+
+def test_failing_command_writes_no_snapshot(repo):
+    with pytest.raises(SourceError, match="exit status 7"):
+        backup_stream(repo, "dump.sql", command=["sh", "-c", "echo partial; exit 7"])
+    assert repo.list_objects("snapshots") == []
+
+
+def test_stream_from_a_pipe_fd(repo):
+    r, w = os.pipe()
+    payload = os.urandom(300_000)
+
+    def feed() -> None:
+        with os.fdopen(w, "wb") as fh:
+            fh.write(payload)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    backup_stream(repo, "stdin", fd=r)
+    t.join()
+    os.close(r)
+    node = nodes_of(repo, list_snapshots(repo)[-1].tree)[b"stdin"]
+    assert content_of(repo, node) == payload
+
+
+def test_one_file_system_does_not_enter_other_mounts(tmp_path):
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), "pw", kdf=KDFParams.weak_for_tests())
+    src = tmp_path / "src"
+    mnt = src / "mnt"
+    mnt.mkdir(parents=True)
+    (src / "here").write_bytes(b"here")
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.fail("mounting a tmpfs failed: this test needs root")
+    try:
+        (mnt / "there").write_bytes(b"there")
+        backup_paths(repo, [src], BackupOptions(one_file_system=True))
+        names = set(nodes_of(repo, list_snapshots(repo)[-1].tree))
+        assert rel(src / "here") in names and rel(mnt) in names
+        assert rel(mnt / "there") not in names
+        backup_paths(repo, [src], BackupOptions(one_file_system=False))
+        names = set(nodes_of(repo, list_snapshots(repo)[-1].tree))
+        assert rel(mnt / "there") in names
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
