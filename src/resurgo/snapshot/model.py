@@ -202,7 +202,6 @@ class _Invalid(Exception):
     """Internal: a validation failure, turned into CorruptObject with the object name."""
 
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -296,9 +295,15 @@ def _get_bytes(obj: dict[str, Any], key: str) -> bytes | None:
 
 
 def _blob_id(value: Any, key: str) -> bytes:
-    if not isinstance(value, str) or not _HEX64.fullmatch(value):
-        raise _Invalid(f"field {key!r} is not a 64-character lowercase hex blob ID")
-    return bytes.fromhex(value)
+    # fromhex + hex() round trip: as strict as the regular expression (64
+    # lowercase hex digits, nothing else) at a fraction of its cost per blob.
+    try:
+        raw = bytes.fromhex(value)
+        if len(raw) == 32 and raw.hex() == value:
+            return raw
+    except (TypeError, ValueError):
+        pass
+    raise _Invalid(f"field {key!r} is not a 64-character lowercase hex blob ID")
 
 
 def _list(obj: dict[str, Any], key: str) -> list[Any]:
@@ -347,6 +352,21 @@ def _decode_holes(raw: list[Any], size: int) -> list[tuple[int, int]]:
     return holes
 
 
+_INT_FIELDS: tuple[tuple[str, int, int | None, int | None], ...] = (
+    ("mode", 0, 0, MAX_MODE),
+    ("uid", 0, 0, MAX_ID),
+    ("gid", 0, 0, MAX_ID),
+    ("mtime_ns", 0, None, None),
+    ("atime_ns", 0, None, None),
+    ("ctime_ns", 0, None, None),
+    ("size", 0, 0, MAX_U64),
+    ("inode", 0, 0, MAX_U64),
+    ("device_id", 0, 0, MAX_U64),
+    ("nlink", 1, 0, MAX_U64),
+    ("rdev", 0, 0, MAX_U64),
+)
+
+
 def _decode_node(obj: Any) -> Node:
     if not isinstance(obj, dict):
         raise _Invalid("node is not a JSON object")
@@ -363,22 +383,31 @@ def _decode_node(obj: Any) -> Node:
     if not isinstance(type_name, str) or type_name not in _NODE_TYPES:
         raise _Invalid(f"unknown node type {type_name!r} for {name!r}")
     ntype = _NODE_TYPES[type_name]
+    ints = []
+    for key, default, lo, hi in _INT_FIELDS:
+        value = obj.get(key, default)
+        if type(value) is not int:
+            raise _Invalid(f"field {key!r} is not an integer")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise _Invalid(f"field {key!r} out of range: {value}")
+        ints.append(value)
+    mode, uid, gid, mtime_ns, atime_ns, ctime_ns, size, inode, device_id, nlink, rdev = ints
     node = Node(
         name=name,
         type=ntype,
-        mode=_int(obj, "mode", 0, 0, MAX_MODE),
-        uid=_int(obj, "uid", 0, 0, MAX_ID),
-        gid=_int(obj, "gid", 0, 0, MAX_ID),
+        mode=mode,
+        uid=uid,
+        gid=gid,
         user=_opt_str(obj, "user"),
         group=_opt_str(obj, "group"),
-        mtime_ns=_int(obj, "mtime_ns", 0, None, None),
-        atime_ns=_int(obj, "atime_ns", 0, None, None),
-        ctime_ns=_int(obj, "ctime_ns", 0, None, None),
-        size=_int(obj, "size", 0, 0, MAX_U64),
-        inode=_int(obj, "inode", 0, 0, MAX_U64),
-        device_id=_int(obj, "device_id", 0, 0, MAX_U64),
-        nlink=_int(obj, "nlink", 1, 0, MAX_U64),
-        rdev=_int(obj, "rdev", 0, 0, MAX_U64),
+        mtime_ns=mtime_ns,
+        atime_ns=atime_ns,
+        ctime_ns=ctime_ns,
+        size=size,
+        inode=inode,
+        device_id=device_id,
+        nlink=nlink,
+        rdev=rdev,
         error=_opt_str(obj, "error"),
     )
     node.linktarget = _get_bytes(obj, "linktarget")
