@@ -13,7 +13,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FAILURE = 1  # fatal error not covered below
 EXIT_USAGE = 2  # bad command line or plan file
-EXIT_PARTIAL = 3  # snapshot created, but some source files could not be read
+EXIT_PARTIAL = 3  # completed with warnings: backup skipped unreadable files, restore left entries
 EXIT_DAMAGE = 4  # integrity problem: corrupt or missing object, check found damage
 EXIT_NO_REPOSITORY = 10  # repository does not exist
 EXIT_LOCKED = 11  # repository is locked by another process
@@ -27,7 +27,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_FAILURE: "fatal error",
     EXIT_USAGE: "usage error (bad arguments or input)",
-    EXIT_PARTIAL: "snapshot created, but some files could not be read",
+    EXIT_PARTIAL: "completed with warnings (backup: snapshot created but some files could not "
+    "be read; restore: some entries were left untouched)",
     EXIT_DAMAGE: "data damage: a corrupt or missing object, or check found errors",
     EXIT_NO_REPOSITORY: "repository does not exist",
     EXIT_LOCKED: "repository is locked",

@@ -602,6 +602,11 @@ def backup_paths(
             raise b._fatal
         repo.flush()
         ok = True
+    except BaseException as exc:
+        if _is_interrupt(exc):
+            b.close(wait=False)
+            keep_uploaded(repo, exc)
+        raise
     finally:
         if not ok:
             b.close(wait=False)
@@ -629,6 +634,25 @@ def backup_paths(
     s.snapshot_id = save_snapshot(repo, snap)
     reporter.event("summary", **s.as_dict())
     return s
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    # Ctrl-C, SIGTERM (the CLI raises a BaseException for it) or should_stop;
+    # not storage errors: indexing through a failing backend would only fail
+    # again, after another round of retries.
+    return isinstance(exc, Interrupted) or not isinstance(exc, Exception)
+
+
+def keep_uploaded(repo: Repository, exc: BaseException) -> None:
+    """After an interrupt: index the packs already uploaded, so a re-run does not upload them again.
+
+    No snapshot is written. A failure here is noted on ``exc`` (the interrupt
+    stays the error the user sees).
+    """
+    try:
+        repo.index_uploaded()
+    except Exception as err:
+        exc.add_note(f"the packs uploaded before the interrupt could not be indexed: {err}")
 
 
 def _username() -> str:
@@ -678,6 +702,10 @@ def backup_stream(
             total += len(c)
             ids.append(repo.save_blob(BlobType.DATA, c)[0])
             reporter.progress(bytes_done=total)
+    except BaseException as exc:
+        if _is_interrupt(exc):
+            keep_uploaded(repo, exc)
+        raise
     finally:
         if proc is not None:
             assert proc.stdout is not None

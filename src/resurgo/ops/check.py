@@ -86,6 +86,9 @@ def check_repository(
     reporter: Reporter = NULL,
 ) -> CheckReport:
     report = CheckReport()
+    # Read snapshots and trees from the repository, not from the local cache:
+    # a good cached copy must not hide damage in the repository itself.
+    repo.read_through_cache = False
     reporter.event("phase", name="structure")
     check_structure(repo, report, reporter)
     check_index_objects(repo, report)

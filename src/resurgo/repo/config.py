@@ -16,6 +16,7 @@ from resurgo.errors import CorruptObject, UsageError
 CONFIG_VERSION = 1
 MiB = 1 << 20
 KiB = 1 << 10
+SEED_MASK = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,11 @@ class RepoConfig:
         return cls(
             id=os.urandom(16).hex(),
             params=params,
-            # pyfastcdc XORs a 64-bit seed into its gear table; see docs/design.md
-            # ("Chunk boundaries and what they leak").
-            chunker_seed=int.from_bytes(os.urandom(8), "little") or 1,
+            # pyfastcdc XORs the seed into its gear table; see docs/design.md
+            # ("Chunk boundaries and what they leak"). It converts the seed (and
+            # the seed shifted left by one) to a C uint64, so seeds must be below
+            # 2**63; 0 would mean "no seed".
+            chunker_seed=(int.from_bytes(os.urandom(8), "little") & SEED_MASK) or 1,
         )
 
     def to_json(self) -> bytes:
@@ -104,6 +107,9 @@ class RepoConfig:
                 chunk_max=int(c["max"]),
                 compression_level=int(d["compression"]["level"]),
             )
-            return cls(id=str(d["id"]), params=params, chunker_seed=int(c["seed"]))
+            seed = int(c["seed"])
+            if not 0 < seed <= SEED_MASK:
+                raise CorruptObject("config", f"chunker seed {seed} out of range")
+            return cls(id=str(d["id"]), params=params, chunker_seed=seed)
         except (ValueError, KeyError, TypeError) as e:
             raise CorruptObject("config", f"malformed config: {e}")

@@ -22,6 +22,7 @@ import struct
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -80,6 +81,20 @@ def encode_index(
     )
 
 
+def encode_index_arrays(
+    pack_ids: list[bytes], entries: np.ndarray, supersedes: Iterable[bytes] = ()
+) -> bytes:
+    """Like ``encode_index``, from an ``ENTRY_DTYPE`` array whose "pack" field
+    numbers ``pack_ids`` (prune and repair rewrite large indexes this way)."""
+    sup = list(supersedes)
+    arr = np.ascontiguousarray(entries, dtype=ENTRY_DTYPE)
+    if len(arr) and int(arr["pack"].max()) >= len(pack_ids):
+        raise ValueError("index entry refers to a pack outside the table")
+    return b"".join(
+        [_HEAD.pack(MAGIC, len(pack_ids), len(arr), len(sup)), *pack_ids, *sup, arr.tobytes()]
+    )
+
+
 @dataclass
 class DecodedIndex:
     pack_ids: list[bytes]
@@ -105,6 +120,16 @@ def decode_index(data: bytes, *, name: str) -> DecodedIndex:
     if n_entries and int(entries["pack"].max()) >= n_packs:
         raise CorruptObject(name, "index entry refers to a pack outside its table")
     return DecodedIndex(pack_ids, sup, entries)
+
+
+class IndexArrays(NamedTuple):
+    ids: np.ndarray  # S32, sorted
+    pack: np.ndarray  # u4, row -> number in ``packs``
+    offset: np.ndarray
+    length: np.ndarray
+    raw: np.ndarray
+    type: np.ndarray  # u1
+    packs: list[bytes]
 
 
 class MemoryIndex:
@@ -143,15 +168,13 @@ class MemoryIndex:
             self._ids.view(np.uint8).reshape(-1, 32)[:, :2].astype(np.uint32) @ np.array([256, 1], np.uint32)
             if len(self._ids) else np.zeros(0, np.uint32)
         )
-        self._bucket = memoryview(
-            np.searchsorted(prefixes, np.arange(65537, dtype=np.uint32)).astype(np.uint32)
-        )
-        self._id_mv = memoryview(self._ids.view(np.uint8)) if len(self._ids) else memoryview(b"")
-        self._pack_mv = memoryview(self._pack)
-        self._off_mv = memoryview(self._off)
-        self._len_mv = memoryview(self._len)
-        self._raw_mv = memoryview(self._raw)
-        self._type_mv = memoryview(self._type)
+        self._bucket = np.searchsorted(prefixes, np.arange(65537, dtype=np.uint32)).astype(np.uint32).data
+        self._id_mv = self._ids.view(np.uint8).data if len(self._ids) else memoryview(b"")
+        self._pack_mv = self._pack.data
+        self._off_mv = self._off.data
+        self._len_mv = self._len.data
+        self._raw_mv = self._raw.data
+        self._type_mv = self._type.data
 
     # -- building ------------------------------------------------------------
 
@@ -259,6 +282,17 @@ class MemoryIndex:
             self._merge_recent()
             used = np.unique(self._pack)
             return {self._packs[int(i)] for i in used}
+
+    def arrays(self) -> IndexArrays:
+        """All entries as read-only columns, sorted by blob ID (for prune's vectorised scans).
+
+        The arrays are replaced, never modified, when entries are added, so the
+        view stays consistent while the caller works on it.
+        """
+        with self._lock:
+            self._merge_recent()
+            return IndexArrays(self._ids, self._pack, self._off, self._len, self._raw,
+                               self._type, list(self._packs))
 
     def entries(self) -> Iterator[BlobLocation]:
         """Every entry (duplicates included), sorted by blob ID."""

@@ -115,6 +115,10 @@ def make_key_file(
 
 def parse_key_file(key_id: str, raw: bytes) -> KeyFile:
     name = f"keys/{key_id}"
+    # Key files are named by the hash of their bytes: check it before trusting
+    # anything inside (a damaged KDF cost could otherwise ask for huge memory).
+    if blake3.blake3(raw).hexdigest() != key_id:
+        raise CorruptObject(name, "content does not match its name (hash mismatch)")
     try:
         doc = json.loads(raw)
         if doc.get("v") != KEY_FILE_VERSION:
@@ -131,7 +135,7 @@ def parse_key_file(key_id: str, raw: bytes) -> KeyFile:
             salt=base64.b64decode(k["salt"], validate=True),
             sealed=base64.b64decode(doc["data"], validate=True),
         )
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CorruptObject(name, f"malformed key file: {e}")
 
 

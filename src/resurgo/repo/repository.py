@@ -14,20 +14,25 @@ write is the local index cache.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
+import hmac
 import json
 import os
 import socket
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 import blake3
+import numpy as np
 
 from resurgo.backend import Backend, layout
 from resurgo.errors import (
@@ -38,15 +43,26 @@ from resurgo.errors import (
     ObjectNotFound,
     RepositoryExists,
     RepositoryNotFound,
+    UnsupportedVersion,
     UsageError,
     WrongPassword,
 )
+from resurgo.repo.cache import RepoCache
 from resurgo.repo.chunker import Chunker
 from resurgo.repo.config import RepoConfig, RepoParams
 from resurgo.repo.crypto import Kind, Sealer
-from resurgo.repo.index import BlobLocation, DecodedIndex, MemoryIndex, decode_index, encode_index
+from resurgo.repo.index import (
+    BlobLocation,
+    DecodedIndex,
+    MemoryIndex,
+    decode_index,
+    encode_index,
+    encode_index_arrays,
+)
 from resurgo.repo.keys import KDFParams, KeyFile, MasterKey, make_key_file, parse_key_file, unwrap
-from resurgo.repo.pack import PackedBlob, PackWriter
+from resurgo.repo.marks import SWEEPING, list_marks
+from resurgo.repo.pack import PackedBlob, PackWriter, verify_pack_bytes
+from resurgo.repo.sessions import SessionLost, SessionSettings, WriterSession
 
 
 class BlobType(IntEnum):
@@ -56,9 +72,11 @@ class BlobType(IntEnum):
 
 _BLOB_KIND = {BlobType.DATA: Kind.DATA, BlobType.TREE: Kind.TREE}
 _OBJECT_KINDS = {"snapshots": Kind.SNAPSHOT}
-# Write an index object at least every this many packs, so an interrupted
-# backup leaves most of its uploaded data findable by the next run.
-INDEX_EVERY_PACKS = 16
+# Write an index object at least every this many packs, or this many seconds
+# after the last one (whichever comes first), so a writer that dies or is
+# interrupted leaves most of its uploaded data findable by the next run.
+INDEX_EVERY_PACKS = 8
+INDEX_EVERY_SECONDS = 60.0
 TREE_CACHE_BYTES = 64 << 20
 FETCH_THREADS = 8
 
@@ -100,6 +118,7 @@ class Repository:
         key_id: str,
         *,
         cache_dir: Path | None = None,
+        sessions: SessionSettings | None = None,
     ) -> None:
         self.backend = backend
         self.config = config
@@ -107,11 +126,19 @@ class Repository:
         self._master = master
         self._sealer = Sealer(master.encrypt, config.params.compression_level)
         self._cache_dir = cache_dir / config.id if cache_dir else None
+        # Snapshot objects and tree packs kept locally (repo/cache.py).
+        self._cache = RepoCache(self._cache_dir) if self._cache_dir else None
+        # False: reads go to the backend (and refresh the cache), as check
+        # needs, so that damage in the repository is not hidden by a good copy.
+        self.read_through_cache = True
+        self._fresh_packs: set[str] = set()
         self.index = MemoryIndex()
         self.index_ids: set[str] = set()
         # Index objects that could not be read at open: name -> error. They are
         # skipped (their blobs look absent) and check/repair report them.
         self.index_problems: dict[str, str] = {}
+        # Index objects still listed but replaced by another's ``supersedes``.
+        self.index_superseded: set[str] = set()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._inflight = 0
@@ -121,6 +148,22 @@ class Repository:
         self._tree_cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._tree_cache_bytes = 0
         self.stats_added = {"blobs": 0, "bytes_raw": 0, "bytes_stored": 0, "packs": 0}
+        # Writer sessions (repo/sessions.py, docs/design.md "Prune beside
+        # running backups"): created before the first write, ended by close().
+        self.session_settings = sessions or SessionSettings()
+        self.session_operation = "write"
+        self._session: WriterSession | None = None
+        self._session_lock = threading.Lock()
+        # Wall time just before the first index listing this process relies on.
+        self._epoch: float | None = None
+        # Packs that left the index between loads made before the session began.
+        self._gone_packs: set[bytes] = set()
+        self._repacked: set[tuple[int, bytes]] = set()
+        # When to write an index object for uploaded packs (see INDEX_EVERY_PACKS).
+        self.index_every_packs = INDEX_EVERY_PACKS
+        self.index_every_seconds = INDEX_EVERY_SECONDS
+        self._clock = time.monotonic
+        self._last_index_time = self._clock()
 
     # ------------------------------------------------------------ create / open
 
@@ -133,7 +176,18 @@ class Repository:
         params: RepoParams | None = None,
         kdf: KDFParams | None = None,
         cache_dir: Path | None = None,
+        sessions: SessionSettings | None = None,
+        chunker_params_from: Repository | None = None,
     ) -> Repository:
+        """Create a repository at ``backend``.
+
+        With ``chunker_params_from``, the new repository takes that open
+        repository's chunker parameters, chunker seed and blob-ID key (its
+        encryption key and password stay its own), so the same data gets the
+        same blob IDs in both and ``copy`` moves blobs without re-hashing them
+        (docs/design.md, "Copying between repositories"). ``params`` then only
+        chooses the pack size and compression level.
+        """
         if not password:
             raise UsageError("an empty password is not allowed")
         try:
@@ -143,6 +197,8 @@ class Repository:
             pass
         master = MasterKey.generate()
         config = RepoConfig.new(params or RepoParams())
+        if chunker_params_from is not None:
+            master, config = chunker_params_from._sharing_blob_ids(master, config)
         host, user = _whoami()
         key_id, raw = make_key_file(master, password, kdf or KDFParams(), hostname=host, username=user)
         # The key goes first: a config without any key would be unopenable.
@@ -153,33 +209,51 @@ class Repository:
         except ObjectExists:
             backend.delete(layout.KEYS + key_id)  # lost a race with another init
             raise RepositoryExists(f"a repository already exists at {backend.url}")
-        repo = cls(backend, master, config, key_id, cache_dir=cache_dir)
+        repo = cls(backend, master, config, key_id, cache_dir=cache_dir, sessions=sessions)
+        repo._epoch = repo.session_settings.clock.time()  # the empty index is loaded
         return repo
 
     @classmethod
     def open(
-        cls, backend: Backend, password: str, *, cache_dir: Path | None = None
+        cls, backend: Backend, password: str, *, cache_dir: Path | None = None,
+        sessions: SessionSettings | None = None,
     ) -> Repository:
         try:
             config_env = backend.get(layout.CONFIG)
         except ObjectNotFound:
             raise RepositoryNotFound(f"no repository at {backend.url} (run 'resurgo init' first)")
         key_ids = sorted(layout.name_of(o.key) for o in backend.list(layout.KEYS))
+        damaged: list[str] = []
+        config_error: CorruptObject | None = None
         for key_id in key_ids:
-            kf = parse_key_file(key_id, backend.get(layout.KEYS + key_id))
+            try:
+                kf = parse_key_file(key_id, backend.get(layout.KEYS + key_id))
+            except (CorruptObject, UnsupportedVersion, ObjectNotFound):
+                # One damaged (or concurrently removed) key file must not lock
+                # everybody out: the other keys may still open the repository.
+                damaged.append(key_id)
+                continue
             master = unwrap(kf, password)
             if master is None:
                 continue
             try:
                 raw = Sealer(master.encrypt).open(Kind.CONFIG, config_env, name="config")
-            except CorruptObject:
-                continue  # a stray key of another repository (lost init race)
-            repo = cls(backend, master, RepoConfig.from_json(raw), key_id, cache_dir=cache_dir)
+            except CorruptObject as e:
+                # A stray key of another repository (lost init race), or a
+                # damaged config: say which if no other key opens it.
+                config_error = e
+                continue
+            repo = cls(backend, master, RepoConfig.from_json(raw), key_id, cache_dir=cache_dir,
+                       sessions=sessions)
             repo.load_index()
             return repo
-        raise WrongPassword(f"wrong password: no key in {backend.url} opens with it")
+        if config_error is not None:
+            raise config_error
+        extra = f" ({len(damaged)} damaged key files: {', '.join(damaged)})" if damaged else ""
+        raise WrongPassword(f"wrong password: no key in {backend.url} opens with it{extra}")
 
     def close(self) -> None:
+        self._end_session()
         self.backend.close()
 
     # ------------------------------------------------------------------ keys
@@ -237,6 +311,25 @@ class Repository:
     def blob_id(self, data: bytes | memoryview) -> bytes:
         return self._master.blob_id(data)
 
+    def shares_blob_ids_with(self, other: Repository) -> bool:
+        """Whether ``other`` names every blob as this repository does (same blob-ID key)."""
+        return hmac.compare_digest(self._master.id_mac, other._master.id_mac)
+
+    def _sharing_blob_ids(self, master: MasterKey, config: RepoConfig) -> tuple[MasterKey, RepoConfig]:
+        """``master`` and ``config`` of a new repository, given this one's ID key and chunker."""
+        mine = self.config.params
+        params = dataclasses.replace(
+            config.params,
+            chunk_min=mine.chunk_min,
+            chunk_avg=mine.chunk_avg,
+            chunk_max=mine.chunk_max,
+        )
+        params.validate()
+        return (
+            MasterKey(encrypt=master.encrypt, id_mac=self._master.id_mac),
+            RepoConfig(id=config.id, params=params, chunker_seed=self.config.chunker_seed),
+        )
+
     def chunker(self) -> Chunker:
         return Chunker(self.config)
 
@@ -246,25 +339,69 @@ class Repository:
         return self._cache_dir / "index" if self._cache_dir else None
 
     def load_index(self) -> None:
-        """(Re)load the index from the backend, via the local cache when valid."""
+        """(Re)load the index from the backend, via the local cache when valid.
+
+        An index object named in another one's ``supersedes`` list is ignored:
+        prune and repair write the replacement before deleting the old object,
+        and a reader that lists in between must not see the entries the
+        replacement dropped. The local cache records which objects it holds
+        and which it knows to be superseded, so it cannot bring those back.
+        """
+        epoch = self.session_settings.clock.time()
         names = {layout.name_of(o.key) for o in self.backend.list(layout.INDEX)}
-        index, covered = self._read_index_cache(names)
-        missing = sorted(names - covered)
-        decoded, problems = self._fetch_indexes(missing)
-        index.add_decoded(decoded)
+        index, covered, superseded = self._read_index_cache(names)
+        missing = sorted(names - covered - superseded)
+        fetched, problems = self._fetch_named_indexes(missing)
+        superseded = (superseded | _superseded_by(fetched)) & names
+        if covered & superseded:
+            # The cache holds entries of objects replaced since: start afresh.
+            index, covered = MemoryIndex(), set()
+            rest = sorted(names - superseded - set(fetched) - set(problems))
+            more, more_problems = self._fetch_named_indexes(rest)
+            fetched.update(more)
+            problems.update(more_problems)
+            superseded = (superseded | _superseded_by(fetched)) & names
+        index.add_decoded([d for n, d in fetched.items() if n not in superseded])
         index.compact()
-        good = names - set(problems)
+        problems = {n: e for n, e in problems.items() if n not in superseded}
+        good = names - set(problems) - superseded
         with self._lock:
+            old_index, old_ids = self.index, self.index_ids
+        gone: set[bytes] = set()
+        if self._session is None and self._epoch is not None and not old_ids <= names:
+            # Index objects this process relied on were replaced before it
+            # started writing: remember which packs left, so the session start
+            # can check they were not deleted (_check_not_pruned_underneath).
+            gone = old_index.pack_ids() - index.pack_ids()
+        with self._lock:
+            if self._epoch is None:
+                self._epoch = epoch
+            self._gone_packs |= gone
             self.index = index
             self.index_ids = good
             self.index_problems = problems
+            self.index_superseded = superseded
         if missing or covered != good:
-            self._write_index_cache(index, good)
+            self._write_index_cache(index, good, superseded)
+            if self._cache is not None:
+                # Packs that left the index (prune) leave the local cache too.
+                self._cache.retain_packs({p.hex() for p in index.pack_ids()})
 
-    def _fetch_indexes(self, names: list[str]) -> tuple[list[DecodedIndex], dict[str, str]]:
-        """Fetch and decode index objects: (decoded, {name: error} for damaged ones)."""
-        if not names:
-            return [], {}
+    def _fetch_named_indexes(
+        self, names: list[str]
+    ) -> tuple[dict[str, DecodedIndex], dict[str, str]]:
+        """Fetch and decode index objects: ({name: decoded}, {name: error})."""
+        found = self.fetch_index_objects(names)
+        return (
+            {n: d for n, d in found.items() if not isinstance(d, str)},
+            {n: d for n, d in found.items() if isinstance(d, str)},
+        )
+
+    def fetch_index_objects(self, names: Iterable[str]) -> dict[str, DecodedIndex | str]:
+        """Index objects by name, decoded, or the error text for a damaged one."""
+        todo = list(names)
+        if not todo:
+            return {}
 
         def one(name: str) -> DecodedIndex | str:
             try:
@@ -272,37 +409,41 @@ class Repository:
                     Kind.INDEX, self._get_verified(layout.INDEX + name, name), name=f"index/{name}"
                 )
                 return decode_index(plain, name=f"index/{name}")
-            except (CorruptObject, ObjectNotFound) as e:
+            except (CorruptObject, ObjectNotFound, UnsupportedVersion) as e:
                 return str(e)
 
-        with ThreadPoolExecutor(min(FETCH_THREADS, len(names))) as ex:
-            results = list(ex.map(one, names))
-        decoded = [r for r in results if not isinstance(r, str)]
-        problems = {n: r for n, r in zip(names, results, strict=True) if isinstance(r, str)}
-        return decoded, problems
+        with ThreadPoolExecutor(min(FETCH_THREADS, len(todo))) as ex:
+            return dict(zip(todo, ex.map(one, todo), strict=True))
 
-    def _read_index_cache(self, names: set[str]) -> tuple[MemoryIndex, set[str]]:
+    def _read_index_cache(self, names: set[str]) -> tuple[MemoryIndex, set[str], set[str]]:
+        """(cached index, objects it covers, objects known superseded), or empty."""
         path = self._index_cache_path()
         if path is None or not path.exists():
-            return MemoryIndex(), set()
+            return MemoryIndex(), set(), set()
         try:
             plain = self._sealer.open(Kind.CACHE, path.read_bytes(), name="index cache")
             hlen = int.from_bytes(plain[:4], "little")
-            covered = set(json.loads(plain[4 : 4 + hlen])["index"])
+            header = json.loads(plain[4 : 4 + hlen])
+            covered = set(header["index"])
+            superseded = set(header["superseded"])
             if not covered <= names:
                 # Index objects were removed (compaction): start afresh rather
                 # than keep entries for packs that may be gone.
-                return MemoryIndex(), set()
-            return MemoryIndex.load(plain[4 + hlen :]), covered
+                return MemoryIndex(), set(), set()
+            return MemoryIndex.load(plain[4 + hlen :]), covered, superseded & names
         except Exception:
             # A damaged cache is never trusted: rebuild from the repository.
-            return MemoryIndex(), set()
+            return MemoryIndex(), set(), set()
 
-    def _write_index_cache(self, index: MemoryIndex, names: set[str]) -> None:
+    def _write_index_cache(
+        self, index: MemoryIndex, names: set[str], superseded: set[str] | None = None
+    ) -> None:
         path = self._index_cache_path()
         if path is None:
             return
-        header = json.dumps({"index": sorted(names)}).encode()
+        header = json.dumps(
+            {"index": sorted(names), "superseded": sorted(superseded or ())}
+        ).encode()
         plain = len(header).to_bytes(4, "little") + header + index.dump()
         env = self._sealer.seal(Kind.CACHE, plain, compress=False)
         try:
@@ -325,6 +466,8 @@ class Repository:
         self, blob_type: int, data: bytes | memoryview, *, blob_id: bytes | None = None
     ) -> tuple[bytes, bool]:
         """Store ``data`` unless a blob with the same ID exists. Returns (ID, added)."""
+        if self._session is None:
+            self._writer_session()
         bid = blob_id if blob_id is not None else self._master.blob_id(data)
         key = (blob_type, bid)
         with self._lock:
@@ -356,8 +499,16 @@ class Repository:
     def _upload(self, packer: PackWriter) -> None:
         """Upload a finished pack (``_inflight`` already counted it)."""
         try:
-            pack_hex, data, blobs = packer.finish(self._sealer)
-            self.backend.put(layout.pack(pack_hex), data)
+            try:
+                pack_hex, data, blobs = packer.finish(self._sealer)
+                self.backend.put(layout.pack(pack_hex), data)
+            except BaseException:
+                # The blobs were never stored: forget them, or a later save of
+                # the same data would be skipped as "pending" and never written.
+                with self._lock:
+                    for b in packer.blobs:
+                        self._pending.discard((b.type, b.id))
+                raise
             pack_id = bytes.fromhex(pack_hex)
             write_index = False
             with self._lock:
@@ -366,7 +517,10 @@ class Repository:
                     self._pending.discard((b.type, b.id))
                 self._unindexed[pack_id] = blobs
                 self.stats_added["packs"] += 1
-                write_index = len(self._unindexed) >= INDEX_EVERY_PACKS
+                write_index = (
+                    len(self._unindexed) >= self.index_every_packs
+                    or self._clock() - self._last_index_time >= self.index_every_seconds
+                )
         finally:
             with self._lock:
                 self._inflight -= 1
@@ -377,6 +531,7 @@ class Repository:
     def _write_index(self) -> None:
         with self._lock:
             batch, self._unindexed = self._unindexed, {}
+            self._last_index_time = self._clock()
         if not batch:
             return
         packs = {
@@ -386,6 +541,7 @@ class Repository:
         env = self._sealer.seal(Kind.INDEX, encode_index(packs), compress=False)
         name = object_id(env)
         try:
+            self._writer_session().check("write an index object")
             self.backend.put(layout.INDEX + name, env)
         except BaseException:
             with self._lock:  # keep them for the next attempt (flush)
@@ -416,6 +572,21 @@ class Repository:
                 self._idle.wait()
         if errors:
             raise errors[0]
+        self._write_index()
+        self._write_index_cache(self.index, set(self.index_ids))
+
+    def index_uploaded(self) -> None:
+        """Index the packs already uploaded, without uploading the ones still being filled.
+
+        For a writer that stops early (interrupted backup): uploads in flight
+        are waited for, then one index object names every uploaded pack not
+        yet indexed, so the next run finds that data instead of uploading it
+        again. Blobs still in unfinished packs are not stored. No snapshot may
+        be saved on the strength of this (use ``flush`` for that).
+        """
+        with self._lock:
+            while self._inflight:
+                self._idle.wait()
         self._write_index()
         self._write_index_cache(self.index, set(self.index_ids))
 
@@ -452,7 +623,10 @@ class Repository:
             raise BlobNotFound(
                 f"{BlobType(blob_type).name.lower()} blob {blob_id.hex()} is not in the index"
             )
-        plain = self.open_blob(loc, self.read_pack_range(loc.pack_id, loc.offset, loc.length))
+        if blob_type == BlobType.TREE and self._cache is not None:
+            plain = self._load_tree_via_cache(loc)
+        else:
+            plain = self.open_blob(loc, self.read_pack_range(loc.pack_id, loc.offset, loc.length))
         if blob_type == BlobType.TREE:
             with self._lock:
                 self._tree_cache[blob_id] = plain
@@ -461,6 +635,48 @@ class Repository:
                     _, old = self._tree_cache.popitem(last=False)
                     self._tree_cache_bytes -= len(old)
         return plain
+
+    def _load_tree_via_cache(self, loc: BlobLocation) -> bytes:
+        """A tree blob from the locally cached copy of its pack, fetching the pack once.
+
+        A cached pack that fails its hash or the blob's authentication is
+        dropped and fetched again; a pack that is damaged in the repository
+        itself is not cached, and the blob is read from it directly (it may
+        still be intact), so the error, if any, names the repository's object.
+        """
+        cache = self._cache
+        assert cache is not None
+        # Without read-through, packs this instance fetched itself still count:
+        # their copies were checked against the repository moments ago.
+        with self._lock:
+            trusted = self.read_through_cache or loc.pack_hex in self._fresh_packs
+        if trusted:
+            envelope = cache.read_pack(loc.pack_hex, loc.offset, loc.length)
+            if envelope is not None:
+                try:
+                    return self.open_blob(loc, envelope)
+                except (CorruptObject, UnsupportedVersion):
+                    cache.drop_pack(loc.pack_hex)
+        with cache.fetch_lock(loc.pack_hex):
+            with self._lock:
+                trusted = self.read_through_cache or loc.pack_hex in self._fresh_packs
+            if trusted:
+                # Another thread may have fetched it while we waited.
+                envelope = cache.read_pack(loc.pack_hex, loc.offset, loc.length)
+                if envelope is not None:
+                    try:
+                        return self.open_blob(loc, envelope)
+                    except (CorruptObject, UnsupportedVersion):
+                        cache.drop_pack(loc.pack_hex)
+            data = self.backend.get(layout.pack(loc.pack_hex))
+            try:
+                verify_pack_bytes(data, loc.pack_hex)
+            except CorruptObject:
+                return self.open_blob(loc, self.read_pack_range(loc.pack_id, loc.offset, loc.length))
+            cache.store_pack(loc.pack_hex, data)
+            with self._lock:
+                self._fresh_packs.add(loc.pack_hex)
+        return self.open_blob(loc, data[loc.offset : loc.offset + loc.length])
 
     def verify_blob_id(self, blob_id: bytes, plain: bytes | memoryview) -> bool:
         return self._master.blob_id(plain) == blob_id
@@ -476,22 +692,51 @@ class Repository:
     def save_object(self, kind: str, data: bytes) -> str:
         env = self._sealer.seal(self._kind(kind), data)
         name = object_id(env)
+        session = self._writer_session()
+        if kind == "snapshots":
+            # A snapshot must not point at data a prune may have deleted
+            # (docs/design.md, "Prune beside running backups").
+            session.check("save a snapshot", remote=True)
         self.backend.put(f"{kind}/{name}", env)
+        if kind == "snapshots" and session.fenced:
+            # The put took so long that prune may have judged this writer stale
+            # before it landed: take it back rather than leave it unprotected.
+            self.backend.delete(f"{kind}/{name}")
+            session.check("save a snapshot")
+        if self._cache is not None:
+            self._cache.store_object(kind, name, env)
         return name
 
     def load_object(self, kind: str, object_id_hex: str) -> bytes:
         key = f"{kind}/{object_id_hex}"
-        return self._sealer.open(
-            self._kind(kind), self._get_verified(key, object_id_hex), name=key
-        )
+        obj_kind = self._kind(kind)
+        cache = self._cache
+        if cache is not None and self.read_through_cache:
+            env = cache.load_object(kind, object_id_hex)
+            if env is not None:
+                try:
+                    return self._sealer.open(obj_kind, env, name=key)
+                except (CorruptObject, UnsupportedVersion):
+                    cache.drop_object(kind, object_id_hex)  # never trusted: fetch again
+        env = self._get_verified(key, object_id_hex)
+        plain = self._sealer.open(obj_kind, env, name=key)
+        if cache is not None:
+            cache.store_object(kind, object_id_hex, env)
+        return plain
 
     def list_objects(self, kind: str) -> list[str]:
         self._kind(kind)
-        return sorted(layout.name_of(o.key) for o in self.backend.list(f"{kind}/"))
+        names = sorted(layout.name_of(o.key) for o in self.backend.list(f"{kind}/"))
+        if self._cache is not None:
+            # The listing is the truth: cached copies of removed objects go.
+            self._cache.retain_objects(kind, names)
+        return names
 
     def delete_object(self, kind: str, object_id_hex: str) -> None:
         self._kind(kind)
         self.backend.delete(f"{kind}/{object_id_hex}")
+        if self._cache is not None:
+            self._cache.drop_object(kind, object_id_hex)
 
     # ------------------------------------------------------------ maintenance reads
 
@@ -503,5 +748,185 @@ class Repository:
         """Every index object, decoded, or the error text for a damaged one."""
         for o in self.backend.list(layout.INDEX):
             name = layout.name_of(o.key)
-            decoded, problems = self._fetch_indexes([name])
-            yield name, (decoded[0] if decoded else problems[name])
+            yield name, self.fetch_index_objects([name])[name]
+
+    # ------------------------------------------------------------ writer sessions
+
+    @property
+    def session(self) -> WriterSession | None:
+        """This process's writer session, once it has written anything."""
+        return self._session
+
+    def _writer_session(self) -> WriterSession:
+        """The writer session, created (and checked) before this process's first write."""
+        s = self._session
+        if s is not None:
+            return s
+        with self._session_lock:
+            if self._session is not None:
+                return self._session
+            start = self._epoch if self._epoch is not None else self.session_settings.clock.time()
+            s = WriterSession(self, self.session_settings, start=start,
+                              operation=self.session_operation)
+            s.begin()
+            try:
+                self._check_not_pruned_underneath()
+            except BaseException:
+                s.end()
+                raise
+            self._session = s
+            return s
+
+    def _check_not_pruned_underneath(self) -> None:
+        """Refuse to start writing if a prune swept packs this process's index showed it.
+
+        Runs after the session object exists, so every sweep that starts later
+        waits for this process. Sweeps that started earlier are caught here:
+        one still running is ``sweeping`` in its mark; a finished one deleted
+        packs that left our index (docs/design.md, "Prune beside running
+        backups", the writer's first write).
+        """
+        names = {layout.name_of(o.key) for o in self.backend.list(layout.INDEX)}
+        with self._lock:
+            rewritten = not self.index_ids <= names
+        if rewritten:
+            self.load_index()  # also records the packs that left the index
+        with self._lock:
+            gone = {p.hex() for p in self._gone_packs}
+        if not gone:
+            return
+        marks, _ = list_marks(self)
+        for m in marks:
+            if m.state == SWEEPING and gone & m.candidates.keys():
+                raise SessionLost(
+                    "refusing to write: a prune is deleting packs this process may reuse; "
+                    "nothing was written, run it again"
+                )
+        if len(gone) > 32:
+            present = {layout.name_of(o.key) for o in self.backend.list(layout.DATA)} & gone
+        else:
+            present = set()
+            for p in gone:
+                try:
+                    self.backend.stat(layout.pack(p))
+                    present.add(p)
+                except ObjectNotFound:
+                    pass
+        lost = gone - present
+        if lost:
+            raise SessionLost(
+                f"refusing to write: a prune deleted {len(lost)} pack(s) this process may "
+                "reuse; nothing was written, run it again"
+            )
+        with self._lock:
+            self._gone_packs.clear()
+
+    def _end_session(self) -> None:
+        with self._session_lock:
+            s, self._session = self._session, None
+        if s is not None:
+            s.end()
+
+    def end_session(self) -> None:
+        """End this process's writer session and reload the index.
+
+        For long-lived processes between jobs: prune waits for sessions that
+        began before its mark, so a process that keeps writing for days should
+        end its session after each snapshot. The index is reloaded so the next
+        write starts a new session on a fresh view. Pending blobs must have
+        been flushed.
+        """
+        with self._lock:
+            if self._pending or self._unindexed or any(len(p) for p in self._packers.values()):
+                raise UsageError("flush before ending the writer session")
+        self._end_session()
+        with self._lock:
+            self._epoch = None
+        self.load_index()
+
+    # ------------------------------------------------------------ control objects
+
+    def put_control(self, key: str, doc: dict[str, Any], *, create_only: bool = False) -> None:
+        """Write a small encrypted JSON object (sessions, locks, prune marks)."""
+        env = self._sealer.seal(Kind.CONFIG, json.dumps(doc, sort_keys=True).encode(),
+                                _control_context(key))
+        self.backend.put(key, env, create_only=create_only)
+
+    def get_control(self, key: str) -> dict[str, Any]:
+        plain = self._sealer.open(Kind.CONFIG, self.backend.get(key), _control_context(key),
+                                  name=key)
+        try:
+            doc = json.loads(plain)
+        except ValueError as e:
+            raise CorruptObject(key, f"not JSON: {e}")
+        if not isinstance(doc, dict):
+            raise CorruptObject(key, "not a JSON object")
+        return doc
+
+    # ------------------------------------------------------------ maintenance writes
+
+    def repack_blob(self, blob_type: int, blob_id: bytes, data: bytes | memoryview) -> bool:
+        """Store a new copy of a blob the index already has (prune's repack).
+
+        The copy takes the normal write path: packed, uploaded, then indexed by
+        ``flush``. Returns False if this process already stored a copy.
+        """
+        self._writer_session()
+        key = (blob_type, blob_id)
+        with self._lock:
+            if key in self._pending or key in self._repacked:
+                return False
+            self._pending.add(key)
+            self._repacked.add(key)
+        try:
+            env = self._sealer.seal(_BLOB_KIND[BlobType(blob_type)], data,
+                                    blob_context(blob_type, blob_id))
+        except BaseException:
+            with self._lock:
+                self._pending.discard(key)
+                self._repacked.discard(key)
+            raise
+        finished: PackWriter | None = None
+        with self._lock:
+            packer = self._packers.get(blob_type)
+            if packer is None:
+                packer = self._packers[blob_type] = PackWriter()
+            packer.add(blob_type, blob_id, env, len(data))
+            self.stats_added["blobs"] += 1
+            self.stats_added["bytes_raw"] += len(data)
+            self.stats_added["bytes_stored"] += len(env)
+            if packer.size >= self.config.params.pack_size:
+                finished = self._packers.pop(blob_type)
+                self._inflight += 1
+        if finished is not None:
+            self._upload(finished)
+        return True
+
+    def write_index_object(
+        self, pack_ids: list[bytes], entries: np.ndarray, supersedes: Iterable[str] = ()
+    ) -> str:
+        """Write one index object naming existing packs (prune, repair); returns its name.
+
+        ``entries`` is an ``index.ENTRY_DTYPE`` array numbering ``pack_ids``.
+        ``supersedes`` names the index objects whose still-valid entries this
+        one carries. The in-memory index is not changed (``load_index`` does).
+        """
+        session = self._writer_session()
+        plain = encode_index_arrays(pack_ids, entries, [bytes.fromhex(n) for n in supersedes])
+        env = self._sealer.seal(Kind.INDEX, plain, compress=False)
+        name = object_id(env)
+        session.check("write an index object")
+        self.backend.put(layout.INDEX + name, env)
+        return name
+
+    def delete_index_object(self, name: str) -> None:
+        self.backend.delete(layout.INDEX + name)
+
+
+def _superseded_by(decoded: dict[str, DecodedIndex]) -> set[str]:
+    return {s.hex() for d in decoded.values() for s in d.supersedes}
+
+
+def _control_context(key: str) -> bytes:
+    # Bound into the envelope: a session object cannot pass for a lock or a mark.
+    return b"resurgo-control:" + key.split("/", 1)[0].encode()

@@ -17,7 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from resurgo.backend import ObjectInfo, layout
-from resurgo.errors import BackendError, CorruptObject, ResurgoError, UsageError
+from resurgo.errors import (
+    BackendError,
+    CorruptObject,
+    ResurgoError,
+    UnsupportedVersion,
+    UsageError,
+)
 from resurgo.progress import NULL, Reporter
 from resurgo.repo.index import BlobLocation
 from resurgo.repo.pack import PackedBlob, parse_trailer, trailer_length, verify_pack_bytes
@@ -125,7 +131,9 @@ def check_structure(repo: Repository, report: CheckReport, reporter: Reporter = 
         nonlocal done
         try:
             blobs = _read_trailer(repo, pack_hex, infos[pack_hex].size)
-        except (CorruptObject, BackendError) as e:
+        # A damaged version byte reads as an unknown format: a problem to
+        # report like any other, not a reason to abort the whole check.
+        except (CorruptObject, UnsupportedVersion, BackendError) as e:
             report.add("corrupt-pack", layout.pack(pack_hex), str(e))
             return
         trailers[pack_hex] = blobs
@@ -158,11 +166,20 @@ def read_data(
         key = layout.pack(pack_hex)
         try:
             data = repo.backend.get(key)
+        except BackendError as e:
+            report.add("corrupt-pack", key, str(e))
+            return
+        try:
             verify_pack_bytes(data, pack_hex)
+        except CorruptObject as e:
+            # Report it, then keep going: authenticating each blob says exactly
+            # which blobs of the pack are lost and which can still be salvaged.
+            report.add("corrupt-pack", key, str(e))
+        try:
             tlen = trailer_length(data, f"pack {pack_hex}")
             blobs = parse_trailer(sealer, data[len(data) - 4 - tlen : len(data) - 4],
                                   pack_size=len(data), name=f"pack {pack_hex}")
-        except (CorruptObject, BackendError) as e:
+        except (CorruptObject, UnsupportedVersion) as e:
             report.add("corrupt-pack", key, str(e))
             return
         mv = memoryview(data)

@@ -90,6 +90,9 @@ class Snapshot:
     program_version: str = ""
     excludes: list[str] = field(default_factory=list)
     damaged: bool = False  # set by repair when parts of the tree were replaced
+    # ID (hex) of the snapshot this one was copied from, in another repository
+    # (the first one, for a copy of a copy); None for a snapshot made by backup.
+    original: str | None = None
     id: str | None = None  # not serialized
 
     @property
@@ -463,7 +466,7 @@ def decode_tree(data: bytes, *, tree_id: bytes | None = None) -> list[Node]:
 
 _SNAPSHOT_KEYS = frozenset({
     "v", "time_ns", "tree", "paths", "hostname", "username", "uid", "gid", "tags", "parent",
-    "summary", "program_version", "excludes", "damaged",
+    "summary", "program_version", "excludes", "damaged", "original",
 })
 
 
@@ -492,6 +495,8 @@ def encode_snapshot(snap: Snapshot) -> bytes:
         out["summary"] = snap.summary
     if snap.damaged:
         out["damaged"] = True
+    if snap.original is not None:
+        out["original"] = snap.original
     return _canonical_json(out, ascii_only=True)
 
 
@@ -516,6 +521,9 @@ def decode_snapshot(data: bytes, *, snapshot_id: str | None = None) -> Snapshot:
         parent = _opt_str(obj, "parent")
         if parent is not None and not re.fullmatch(r"[0-9a-f]+", parent):
             raise _Invalid("field 'parent' is not a lowercase hex snapshot ID")
+        original = _opt_str(obj, "original")
+        if original is not None and not re.fullmatch(r"[0-9a-f]+", original):
+            raise _Invalid("field 'original' is not a lowercase hex snapshot ID")
         summary = obj.get("summary", {})
         if not isinstance(summary, dict):
             raise _Invalid("field 'summary' is not an object")
@@ -536,6 +544,7 @@ def decode_snapshot(data: bytes, *, snapshot_id: str | None = None) -> Snapshot:
             program_version=_str(obj, "program_version", ""),
             excludes=_str_list(obj, "excludes"),
             damaged=damaged,
+            original=original,
             id=snapshot_id,
         )
     except _Invalid as exc:

@@ -1,0 +1,195 @@
+"""The ``resurgo`` command: argument parsing, dispatch, and the error-to-exit-code rule.
+
+Every command group lives in its own module ``resurgo.cli.cmd_<group>`` that
+exposes ``register(subparsers)``; registering a new group is one line in
+``COMMAND_MODULES`` below. A registered parser sets ``func`` to a
+``run(args, ctx) -> int`` function (see ``resurgo.cli.context.Context``).
+
+Errors: a ``ResurgoError`` becomes one line ``resurgo: error: <message>`` on
+stderr and its ``exit_code``; Ctrl-C (or SIGTERM) exits 130; anything else is a
+bug: one line, the traceback only with ``-v``, exit 1. In ``--json`` mode the
+final summary object on stdout carries the same exit code and message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType, ModuleType
+
+from resurgo import __version__
+from resurgo.cli import (
+    cmd_backend,
+    cmd_backup,
+    cmd_browse,
+    cmd_check,
+    cmd_copy,
+    cmd_dump,
+    cmd_forget,
+    cmd_init,
+    cmd_key,
+    cmd_plan,
+    cmd_prune,
+    cmd_repair,
+    cmd_restore,
+    cmd_snapshots,
+)
+from resurgo.cli.context import Context
+from resurgo.cli.parsing import add_global_options, exit_codes_epilog
+from resurgo.cli.render import Renderer
+from resurgo.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, ResurgoError
+
+# The command groups, in the order `resurgo --help` lists them. One line each.
+COMMAND_MODULES: tuple[ModuleType, ...] = (
+    cmd_init,
+    cmd_backup,
+    cmd_snapshots,
+    cmd_browse,
+    cmd_restore,
+    cmd_dump,
+    cmd_check,
+    cmd_forget,
+    cmd_prune,
+    cmd_repair,
+    cmd_key,
+    cmd_copy,
+    cmd_backend,
+    cmd_plan,
+)
+
+_log = logging.getLogger("resurgo")
+
+_ENVIRONMENT = """\
+environment:
+  RESURGO_REPOSITORY        repository location, when --repo is not given
+  RESURGO_PASSWORD_FILE     file holding the password, when --password-file is not given
+  RESURGO_PASSWORD_COMMAND  command printing the password, when --password-command is not given
+  RESURGO_PASSWORD          the password itself
+  XDG_DATA_HOME             default repository: $XDG_DATA_HOME/resurgo/repository
+  XDG_CACHE_HOME            default cache: $XDG_CACHE_HOME/resurgo
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resurgo",
+        description="Deduplicating, encrypted backups and disaster recovery.",
+        epilog=_ENVIRONMENT + "\n" + exit_codes_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"resurgo {__version__}")
+    add_global_options(parser, suppress=False)
+    subparsers = parser.add_subparsers(dest="command_name", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception so that cleanup runs as for Ctrl-C."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _logging(verbose: int) -> Iterator[None]:
+    """Engine log records on stderr: warnings by default, info with -v, debug with -vv."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    old_level = _log.level
+    _log.addHandler(handler)
+    _log.setLevel(level)
+    try:
+        yield
+    finally:
+        _log.removeHandler(handler)
+        _log.setLevel(old_level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``resurgo`` command; returns the process exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or argparse's own usage error
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    verbose = args.verbose or 0
+    out = Renderer(
+        json_mode=bool(args.json),
+        quiet=bool(args.quiet),
+        verbose=verbose,
+        stdout=sys.stdout,
+        stderr=sys.stderr,
+        command=getattr(args, "command", args.command_name),
+    )
+    ctx = Context(args, os.environ, out, interactive=_isatty(sys.stdin))
+    error: str | None = None
+    with _logging(verbose), _sigterm_as_interrupt():
+        try:
+            try:
+                code = int(args.func(args, ctx))
+            finally:
+                ctx.close()
+        except ResurgoError as e:
+            error = _one_line(str(e))
+            code = e.exit_code
+            print(f"resurgo: error: {error}", file=sys.stderr)
+        except (KeyboardInterrupt, _Terminated):
+            error = "interrupted"
+            code = EXIT_INTERRUPTED
+            print("resurgo: interrupted", file=sys.stderr)
+        except Exception as e:
+            error = _one_line(f"{type(e).__name__}: {e}")
+            code = EXIT_FAILURE
+            print(f"resurgo: unexpected error: {error}", file=sys.stderr)
+            if verbose:
+                traceback.print_exc(file=sys.stderr)
+            else:
+                print("resurgo: run with -v for the traceback", file=sys.stderr)
+    out.finish(code, error)
+    return code
+
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,1157 @@
+"""The restore pipeline: a snapshot (or part of it) -> entries in a target directory.
+
+Vocabulary: the *plan* is the list of entries to restore, in pre-order (a
+directory before its contents), after ``includes``/``excludes``; an entry's
+*chunks* map each content blob to the file ranges it fills (the data ranges of
+a sparse file are the gaps between its ``holes``); a *temp name*
+(``.resurgo-tmp-<hash of the name>``) is where a file's content is written
+before it is renamed into place; the *overwrite mode* says what happens to
+entries that already exist in the target (docs/restore.md).
+
+Phases, in order:
+
+1. **Plan**: walk the trees (every name is checked again; a tree that does
+   not decode is refused before anything is written).
+2. **Prepare** (one thread, pre-order): create directories; compare existing
+   entries with the snapshot (an identical file -- same size, the content
+   blob IDs recomputed over its bytes, same metadata -- is skipped: this is
+   what makes a restore resumable); create or reuse temp files (a temp file
+   left by an interrupted run keeps the chunks that already match); create
+   symlinks and special files.
+3. **Fetch**: every needed blob, deduplicated by ID, grouped by pack; each
+   pack is read with as few ranged gets as its layout allows (blobs closer
+   than ``MAX_GAP`` share one get), by a pool of threads, one range in memory
+   per thread. Each blob is authenticated, checked against its ID and written
+   (``pwrite``) to every place it belongs. A file whose last chunk arrives is
+   given its metadata and renamed into place.
+4. **Finish**: hard links; directory metadata last, children before parents.
+5. **Verify** (optional): re-read every restored file and hash it again.
+
+Safety against a hostile repository and a hostile target: every entry is
+created and opened relative to a directory file descriptor that restore
+opened one component at a time with ``O_NOFOLLOW``, so no symlink -- restored
+or pre-existing -- is ever followed, and nothing can be written outside the
+target.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import resource
+import shutil
+import stat
+import threading
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resurgo.errors import (
+    EXIT_DAMAGE,
+    BlobNotFound,
+    CorruptObject,
+    IntegrityError,
+    Interrupted,
+    InvalidRange,
+    ObjectNotFound,
+    RestoreError,
+    TargetExists,
+    UsageError,
+)
+from resurgo.ops.excludes import Excluder
+from resurgo.progress import NULL, Reporter
+from resurgo.repo import BlobLocation, BlobType, Repository
+from resurgo.snapshot import fsmeta
+from resurgo.snapshot.model import Node, NodeType, Snapshot, check_name
+from resurgo.snapshot.store import find_node, load_tree
+
+OVERWRITE_MODES = ("never", "if-changed", "always")
+# Blobs of one pack closer than this are fetched with one ranged get (the
+# bytes in between are downloaded and thrown away: cheaper than a request).
+MAX_GAP = 1 << 20
+# A ranged get is at most this long (unless one blob is longer): it bounds the
+# memory of each fetch thread. Default packs (32 MiB) fit in one get.
+MAX_RANGE = 40 << 20
+TMP_PREFIX = b".resurgo-tmp-"
+_READ_BLOCK = 4 << 20
+_PROGRESS_EVERY = 0.1  # seconds
+# Errors after which continuing cannot help: the restore stops.
+_FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMFILE,
+                           errno.ENFILE, errno.ENOMEM})
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafeTree(RestoreError):
+    """A tree of the snapshot is hostile or damaged (bad name, undecodable): the
+    restore is refused before anything is written."""
+
+    exit_code = EXIT_DAMAGE
+
+
+class RestoreIntegrityError(IntegrityError):
+    """Some files could not be restored from damaged data, or failed verification.
+
+    Raised after everything else was restored; ``summary`` is the full summary
+    and ``paths`` the files concerned.
+    """
+
+    def __init__(self, message: str, summary: RestoreSummary, paths: list[str]) -> None:
+        super().__init__(message)
+        self.summary = summary
+        self.paths = paths
+
+
+@dataclass
+class RestoreSummary:
+    files_restored: int = 0  # regular files written (content and metadata)
+    dirs_restored: int = 0  # directories created
+    others_restored: int = 0  # symlinks, fifos, sockets, devices, hard links created
+    bytes_restored: int = 0  # content bytes written this run
+    files_skipped: int = 0  # existing entries already identical to the snapshot
+    bytes_skipped: int = 0  # content bytes of skipped files and of reused temp chunks
+    metadata_updated: int = 0  # existing entries with identical content given new metadata
+    conflicts: int = 0  # existing entries left untouched (overwrite mode)
+    files_total: int = 0  # regular files in the plan
+    bytes_total: int = 0  # content bytes in the plan (holes excluded)
+    packs_read: int = 0
+    bytes_downloaded: int = 0
+    files_verified: int = 0
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    damaged: list[dict[str, str]] = field(default_factory=list)  # files not restored (bad data)
+    started: float = 0.0
+    duration: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files_restored": self.files_restored,
+            "dirs_restored": self.dirs_restored,
+            "others_restored": self.others_restored,
+            "bytes_restored": self.bytes_restored,
+            "files_skipped": self.files_skipped,
+            "bytes_skipped": self.bytes_skipped,
+            "metadata_updated": self.metadata_updated,
+            "conflicts": self.conflicts,
+            "files_total": self.files_total,
+            "bytes_total": self.bytes_total,
+            "packs_read": self.packs_read,
+            "bytes_downloaded": self.bytes_downloaded,
+            "files_verified": self.files_verified,
+            "warnings": len(self.warnings),
+            "damaged": len(self.damaged),
+            "duration": round(self.duration, 3),
+        }
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """One content blob of a file and the ``(file offset, blob offset, length)`` pieces it fills."""
+
+    blob_id: bytes
+    length: int
+    pieces: list[tuple[int, int, int]]
+
+
+class _Damaged(Exception):
+    """A file's content cannot be restored (missing blob, layout not matching its size)."""
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    rel: bytes  # path relative to the target
+    full: bytes  # path inside the snapshot (for messages and patterns)
+    node: Node
+    parent: _Entry | None  # None: directly in the target
+    selected: bool = False
+    keep: bool = False
+    # prepare/fetch bookkeeping
+    state: str = ""  # created|exists|pending|done|skipped|metadata|conflict|failed|damaged|link
+    chunks: list[_Chunk] = field(default_factory=list)
+    remaining: int = 0  # chunk instances still to be written
+    link_to: _Entry | None = None  # hard-link secondary: the entry it links to
+
+
+def tmp_name(name: bytes) -> bytes:
+    """The temp name a file's content is written under before it is renamed to ``name``.
+
+    Derived from the name (so an interrupted restore finds it again) and short
+    (so it fits NAME_MAX whatever the name's length).
+    """
+    return TMP_PREFIX + hashlib.blake2b(name, digest_size=12).hexdigest().encode()
+
+
+def _proc(dfd: int, name: bytes) -> bytes:
+    # /proc/self/fd/N pins the directory we opened ourselves; fsmeta works on
+    # paths, and this one never resolves through a symlink before ``name``.
+    return b"/proc/self/fd/%d/%s" % (dfd, name)
+
+
+def _lstat(name: bytes, dfd: int) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _remove(name: bytes, dfd: int) -> None:
+    """Remove an entry: a directory tree without following symlinks, or a non-directory."""
+    st = _lstat(name, dfd)
+    if st is None:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(name, dir_fd=dfd)
+    else:
+        os.unlink(name, dir_fd=dfd)
+
+
+def _pread_exact(fd: int, length: int, offset: int) -> bytes | None:
+    parts = []
+    while length > 0:
+        b = os.pread(fd, min(length, _READ_BLOCK), offset)
+        if not b:
+            return None
+        parts.append(b)
+        length -= len(b)
+        offset += len(b)
+    return b"".join(parts)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
+
+
+def file_chunks(repo: Repository, node: Node) -> list[_Chunk]:
+    """Where each content blob of a regular-file node goes (raises _Damaged)."""
+    if node.holes:
+        extents = fsmeta.extents_from_holes(node.holes, node.size)
+    else:
+        extents = [(0, node.size)] if node.size else []
+    chunks: list[_Chunk] = []
+    ei, used = 0, 0
+    for bid in node.content:
+        loc = repo.lookup(BlobType.DATA, bid)
+        if loc is None:
+            raise _Damaged(f"data blob {bid.hex()} is not in the index")
+        pieces: list[tuple[int, int, int]] = []
+        boff = 0
+        while boff < loc.raw_length:
+            if ei >= len(extents):
+                raise _Damaged("content is longer than the file's size")
+            eoff, elen = extents[ei]
+            take = min(loc.raw_length - boff, elen - used)
+            pieces.append((eoff + used, boff, take))
+            boff += take
+            used += take
+            if used == elen:
+                ei, used = ei + 1, 0
+        chunks.append(_Chunk(bid, loc.raw_length, pieces))
+    if ei < len(extents):
+        raise _Damaged("content is shorter than the file's size")
+    return chunks
+
+
+def chunk_matches(repo: Repository, fd: int, chunk: _Chunk) -> bool:
+    """Whether the bytes of ``fd`` where ``chunk`` belongs hash to its blob ID."""
+    parts = []
+    for foff, _boff, length in chunk.pieces:
+        b = _pread_exact(fd, length, foff)
+        if b is None:
+            return False
+        parts.append(b)
+    return repo.verify_blob_id(chunk.blob_id, b"".join(parts))
+
+
+def holes_are_zero(fd: int, holes: list[tuple[int, int]]) -> bool:
+    """Whether every hole range of ``fd`` reads as zeros (real holes cost nothing to check)."""
+    for off, length in holes:
+        end = off + length
+        pos = off
+        while pos < end:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    break
+                start = pos  # no SEEK_DATA: read everything
+            if start >= end:
+                break
+            try:
+                stop = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+            except OSError:
+                stop = end
+            while start < stop:
+                b = os.pread(fd, min(_READ_BLOCK, stop - start), start)
+                if not b:
+                    return False
+                if b.strip(b"\0"):
+                    return False
+                start += len(b)
+            pos = stop
+    return True
+
+
+def _content_matches(repo: Repository, fd: int, node: Node, chunks: list[_Chunk]) -> bool:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != node.size:
+        return False
+    return all(chunk_matches(repo, fd, c) for c in chunks) and holes_are_zero(fd, node.holes)
+
+
+def _open_read(name: bytes, dfd: int) -> int:
+    """Open an existing entry for comparing or verifying it: never through a symlink,
+    never blocking on a fifo, and without touching its atime (which restore set)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        return os.open(name, flags | os.O_NOATIME, dir_fd=dfd)
+    except PermissionError as exc:
+        if exc.errno != errno.EPERM:  # O_NOATIME needs ownership or CAP_FOWNER
+            raise
+        return os.open(name, flags, dir_fd=dfd)
+
+
+def _comparable_xattrs(xattrs: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    # security.* (SELinux labels, capabilities) may be added by the target
+    # system itself; they do not make an otherwise identical entry differ.
+    return {k: v for k, v in xattrs.items() if not k.startswith(b"security.")}
+
+
+class _DirHandles:
+    """Open directory descriptors for plan entries, opened component by component.
+
+    Each directory is opened relative to its parent's descriptor with
+    ``O_NOFOLLOW | O_DIRECTORY``, so a path never resolves through a symlink.
+    A bounded LRU cache keeps recently used ones; ``hold`` counts users so a
+    descriptor in use by one thread is never closed by another.
+    """
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.cap = max(32, min(1024, (soft if soft > 0 else 1024) // 4))
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[_Entry, list[int]] = OrderedDict()  # entry -> [fd, users]
+
+    @contextmanager
+    def hold(self, entry: _Entry | None) -> Iterator[int]:
+        """The descriptor of directory ``entry`` (None: the target itself)."""
+        if entry is None:
+            yield self.root_fd
+            return
+        fd = self._acquire(entry)
+        try:
+            yield fd
+        finally:
+            with self._lock:
+                self._cache[entry][1] -= 1
+
+    def _acquire(self, entry: _Entry) -> int:
+        with self._lock:
+            slot = self._cache.get(entry)
+            if slot is not None:
+                slot[1] += 1
+                self._cache.move_to_end(entry)
+                return slot[0]
+            chain: list[_Entry] = []
+            e: _Entry | None = entry
+            while e is not None and e not in self._cache:
+                chain.append(e)
+                e = e.parent
+            parent_fd = self.root_fd if e is None else self._cache[e][0]
+            for link in reversed(chain):
+                parent_fd = os.open(link.node.name, _DIR_OPEN, dir_fd=parent_fd)
+                self._cache[link] = [parent_fd, 0]
+            self._cache[entry][1] = 1
+            self._evict()
+            return parent_fd
+
+    def _evict(self) -> None:
+        if len(self._cache) <= self.cap:
+            return
+        for e in list(self._cache):
+            if len(self._cache) <= self.cap:
+                break
+            fd, users = self._cache[e]
+            if users == 0:
+                del self._cache[e]
+                os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd, _ in self._cache.values():
+                os.close(fd)
+            self._cache.clear()
+
+
+def _with_parent(nodes: list[Node], parent: _Entry | None) -> Iterator[tuple[Node, _Entry | None]]:
+    for n in nodes:
+        yield n, parent
+
+
+def _join(prefix: bytes, name: bytes) -> bytes:
+    return prefix + b"/" + name if prefix else name
+
+
+def _norm_subpath(subpath: bytes) -> bytes:
+    parts = [p for p in subpath.split(b"/") if p not in (b"", b".")]
+    return b"/".join(parts)
+
+
+def plan_restore(
+    repo: Repository,
+    snap: Snapshot,
+    *,
+    subpath: bytes = b"",
+    includes: Sequence[str] = (),
+    excludes: Sequence[str] = (),
+) -> list[_Entry]:
+    """The entries to restore, in pre-order. Raises UnsafeTree for a bad tree."""
+    sub = _norm_subpath(subpath)
+    try:
+        top = find_node(repo, snap.tree, sub)
+    except (CorruptObject, BlobNotFound) as exc:
+        raise UnsafeTree(f"refusing to restore: {exc}") from exc
+    excl = Excluder(exclude=excludes) if excludes else None
+    incl = Excluder(exclude=includes) if includes else None
+    base = b"/" + sub if sub else b""
+
+    def load(tree_id: bytes, where: bytes) -> list[Node]:
+        try:
+            nodes = load_tree(repo, tree_id)
+        except (CorruptObject, BlobNotFound) as exc:
+            raise UnsafeTree(
+                f"refusing to restore: the tree of {fsmeta.show_path(where or b'/')} "
+                f"is damaged or hostile: {exc}"
+            ) from exc
+        seen: set[bytes] = set()
+        for n in nodes:
+            # decode_tree checks names too; this check is what restore relies on.
+            problem = check_name(n.name)
+            if problem is None and n.name in seen:
+                problem = f"duplicate name {n.name!r}"
+            if problem:
+                raise UnsafeTree(
+                    f"refusing to restore: the tree of {fsmeta.show_path(where or b'/')} "
+                    f"has a hostile entry: {problem}"
+                )
+            seen.add(n.name)
+        return nodes
+
+    if top.type is NodeType.DIR:
+        if top.subtree is None:
+            raise RestoreError(
+                f"{fsmeta.show_path(base or b'/')} could not be read at backup time: nothing to restore"
+            )
+        roots = load(top.subtree, base)
+    else:
+        roots = [top]
+        base = base.rpartition(b"/")[0]
+
+    entries: list[_Entry] = []
+    stack: list[Iterator[tuple[Node, _Entry | None]]] = [_with_parent(roots, None)]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        node, parent = item
+        rel = _join(parent.rel if parent else b"", node.name)
+        full = base + b"/" + rel
+        is_dir = node.type is NodeType.DIR
+        if excl is not None and excl.excluded(full, is_dir):
+            continue
+        e = _Entry(rel, full, node, parent)
+        e.selected = incl is None or (parent is not None and parent.selected) or incl.excluded(
+            full, is_dir
+        )
+        e.keep = e.selected
+        entries.append(e)
+        if is_dir and node.subtree is not None:
+            stack.append(_with_parent(load(node.subtree, full), e))
+    if incl is not None:
+        # Parents of included entries are restored too (reverse pre-order sees
+        # every child before its parent).
+        for e in reversed(entries):
+            if e.keep and e.parent is not None:
+                e.parent.keep = True
+        entries = [e for e in entries if e.keep]
+    return entries
+
+
+class _Restore:
+    def __init__(
+        self,
+        repo: Repository,
+        entries: list[_Entry],
+        target: bytes,
+        root_fd: int,
+        *,
+        overwrite: str,
+        owner: bool,
+        numeric_ids: bool,
+        threads: int,
+        reporter: Reporter,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        self.repo = repo
+        self.entries = entries
+        self.target = target
+        self.dirs = _DirHandles(root_fd)
+        self.overwrite = overwrite
+        self.owner = owner
+        self.numeric_ids = numeric_ids
+        self.threads = max(1, threads)
+        self.reporter = reporter
+        self.should_stop = should_stop
+        self.summary = RestoreSummary(started=time.time())
+        self._lock = threading.Lock()
+        self._want: dict[bytes, list[tuple[_Entry, _Chunk]]] = defaultdict(list)
+        self._primaries: dict[tuple[int, int], _Entry] = {}
+        self._links: list[_Entry] = []
+        self._stop = threading.Event()
+        self._files_done = 0
+        self._last_progress = 0.0
+        self._damaged_seen: set[int] = set()
+
+    # -- reporting ------------------------------------------------------------------
+
+    def where(self, e: _Entry) -> str:
+        """Where ``e`` goes in the target: what messages name."""
+        return fsmeta.show_path(os.path.join(self.target, e.rel))
+
+    def warn(self, e: _Entry, message: str) -> None:
+        w = {"path": self.where(e), "error": message}
+        with self._lock:
+            self.summary.warnings.append(w)
+        self.reporter.event("warning", **w)
+
+    def _apply_meta(self, e: _Entry, dfd: int, name: bytes) -> None:
+        path = _proc(dfd, name)
+        warnings = fsmeta.apply_metadata(
+            path, e.node, owner=self.owner, numeric_ids=self.numeric_ids
+        )
+        # fsmeta's messages start with the /proc path; ours name the entry instead.
+        for text in warnings:
+            self.warn(e, text.removeprefix(fsmeta.show_path(path) + ": "))
+
+    def damage(self, e: _Entry, reason: str) -> None:
+        with self._lock:
+            if id(e) in self._damaged_seen:
+                return
+            self._damaged_seen.add(id(e))
+            e.state = "damaged"
+            d = {"path": self.where(e), "error": reason}
+            self.summary.damaged.append(d)
+        self.reporter.event("error", **d)
+
+    def conflict(self, e: _Entry, what: str) -> None:
+        with self._lock:
+            self.summary.conflicts += 1
+            e.state = "conflict"
+        self.warn(e, f"{what}; left untouched (overwrite mode '{self.overwrite}')")
+
+    def progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_progress < _PROGRESS_EVERY:
+            return
+        self._last_progress = now
+        s = self.summary
+        self.reporter.progress(
+            files_done=self._files_done, files_total=s.files_total,
+            bytes_done=s.bytes_restored + s.bytes_skipped, bytes_total=s.bytes_total,
+        )
+
+    def _file_finished(self) -> None:
+        with self._lock:
+            self._files_done += 1
+        self.progress()
+
+    def check_stop(self) -> None:
+        if self._stop.is_set() or self.should_stop():
+            self._stop.set()
+            raise Interrupted("restore interrupted; run it again to resume where it stopped")
+
+    # -- comparing existing entries -----------------------------------------------------
+
+    def _metadata_matches(self, e: _Entry, dfd: int, name: bytes, st: os.stat_result) -> bool:
+        node = e.node
+        if node.type is not NodeType.SYMLINK and stat.S_IMODE(st.st_mode) != node.mode:
+            return False
+        if st.st_mtime_ns != node.mtime_ns:
+            return False
+        if self.owner and (st.st_uid, st.st_gid) != fsmeta.resolve_owner(
+            node, numeric_ids=self.numeric_ids
+        ):
+            return False
+        try:
+            have = fsmeta.read_xattrs(_proc(dfd, name), tolerate_denied=True)
+        except OSError:
+            return False
+        return _comparable_xattrs(have) == _comparable_xattrs(node.xattrs)
+
+    def _verdict(self, e: _Entry, dfd: int, st: os.stat_result) -> str:
+        """identical | metadata (content same, metadata differs) | differs | dir."""
+        node, name = e.node, e.node.name
+        if stat.S_ISDIR(st.st_mode):
+            return "dir"
+        if fsmeta.node_type(st.st_mode) is not node.type:
+            return "differs"
+        if node.type is NodeType.FILE:
+            if st.st_size != node.size:
+                return "differs"
+            try:
+                fd = _open_read(name, dfd)
+            except OSError:
+                return "differs"
+            try:
+                if not _content_matches(self.repo, fd, node, e.chunks):
+                    return "differs"
+            finally:
+                os.close(fd)
+        elif node.type is NodeType.SYMLINK:
+            if os.readlink(name, dir_fd=dfd) != node.linktarget:
+                return "differs"
+        elif node.type in (NodeType.BLOCKDEV, NodeType.CHARDEV) and st.st_rdev != node.rdev:
+            return "differs"
+        return "identical" if self._metadata_matches(e, dfd, name, st) else "metadata"
+
+    def _may_replace(self, e: _Entry, verdict: str) -> bool:
+        if self.overwrite == "never":
+            what = "a directory is in the way" if verdict == "dir" else "exists and differs from the snapshot"
+            self.conflict(e, what)
+            return False
+        if verdict == "dir" and self.overwrite != "always":
+            self.conflict(e, "a directory is in the way (use --overwrite always to replace it)")
+            return False
+        return True
+
+    def _handle_existing(self, e: _Entry, dfd: int, st: os.stat_result) -> bool:
+        """Deal with an existing non-directory target; True when it must be (re)written."""
+        verdict = self._verdict(e, dfd, st)
+        if verdict == "identical":
+            with self._lock:
+                self.summary.files_skipped += 1
+                if e.node.type is NodeType.FILE:
+                    self.summary.bytes_skipped += sum(c.length for c in e.chunks)
+                e.state = "skipped"
+            return False
+        if not self._may_replace(e, verdict):
+            return False
+        if verdict == "metadata":
+            self._apply_meta(e, dfd, e.node.name)
+            with self._lock:
+                self.summary.metadata_updated += 1
+                if e.node.type is NodeType.FILE:
+                    self.summary.bytes_skipped += sum(c.length for c in e.chunks)
+                e.state = "metadata"
+            return False
+        if verdict == "dir":
+            _remove(e.node.name, dfd)
+        return True
+
+    # -- prepare -----------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        s = self.summary
+        for e in self.entries:
+            if e.node.type is NodeType.FILE:
+                s.files_total += 1
+                s.bytes_total += e.node.size - sum(h[1] for h in e.node.holes)
+        self.progress(force=True)
+        for i, e in enumerate(self.entries):
+            if i % 64 == 0:
+                self.check_stop()
+            if e.parent is not None and e.parent.state not in ("created", "exists"):
+                e.state = "blocked"  # the directory's own warning covers its contents
+                continue
+            try:
+                with self.dirs.hold(e.parent) as dfd:
+                    if e.node.type is NodeType.DIR:
+                        self._prep_dir(e, dfd)
+                    elif e.node.type is NodeType.FILE:
+                        self._prep_file(e, dfd)
+                    else:
+                        self._prep_special(e, dfd)
+            except OSError as exc:
+                self._os_error(e, exc)
+        self.progress(force=True)
+
+    def _os_error(self, e: _Entry, exc: OSError) -> None:
+        if exc.errno in _FATAL_ERRNOS:
+            raise RestoreError(
+                f"cannot restore {self.where(e)}: {exc.strerror or exc}"
+            ) from exc
+        e.state = "failed"
+        self.warn(e, f"cannot restore: {exc.strerror or exc}")
+
+    def _prep_dir(self, e: _Entry, dfd: int) -> None:
+        name = e.node.name
+        if e.node.subtree is None:
+            self.warn(e, "the directory could not be read at backup time; its contents "
+                      "are not in the snapshot")
+        st = _lstat(name, dfd)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            e.state = "exists"
+            if not self.owner and st.st_mode & 0o700 != 0o700:
+                # Resuming as non-root into a directory whose final mode was
+                # already set: make it writable again; its mode comes last.
+                os.chmod(_proc(dfd, name), stat.S_IMODE(st.st_mode) | 0o700)
+            return
+        if st is not None:
+            if self.overwrite == "never":
+                self.conflict(e, "exists and is not a directory")
+                return
+            os.unlink(name, dir_fd=dfd)
+        os.mkdir(name, 0o700, dir_fd=dfd)
+        e.state = "created"
+        with self._lock:
+            self.summary.dirs_restored += 1
+
+    def _link_key(self, node: Node) -> tuple[int, int] | None:
+        if node.nlink > 1 and node.inode:
+            return (node.device_id, node.inode)
+        return None
+
+    def _prep_file(self, e: _Entry, dfd: int) -> None:
+        key = self._link_key(e.node)
+        if key is not None and key in self._primaries:
+            e.link_to = self._primaries[key]
+            e.state = "link"
+            self._links.append(e)
+            return
+        try:
+            e.chunks = file_chunks(self.repo, e.node)
+        except _Damaged as exc:
+            self.damage(e, str(exc))
+            return
+        st = _lstat(e.node.name, dfd)
+        if st is not None and not self._handle_existing(e, dfd, st):
+            if e.state in ("skipped", "metadata"):
+                if key is not None:
+                    self._primaries[key] = e
+                self._file_finished()
+            return
+        needed = self._open_temp(e, dfd)
+        if key is not None:
+            self._primaries[key] = e
+        e.state = "pending"
+        if not needed:
+            self._finalize(e, dfd)
+            return
+        e.remaining = len(needed)
+        for c in needed:
+            self._want[c.blob_id].append((e, c))
+
+    def _open_temp(self, e: _Entry, dfd: int) -> list[_Chunk]:
+        """Create the temp file (or reuse one left by an interrupted run); return the
+        chunks it still lacks."""
+        tmp = tmp_name(e.node.name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
+        except FileExistsError:
+            needed = self._reuse_temp(e, dfd, tmp)
+            if needed is not None:
+                return needed
+            _remove(tmp, dfd)
+            fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
+        try:
+            if e.node.size:
+                os.ftruncate(fd, e.node.size)
+        finally:
+            os.close(fd)
+        return list(e.chunks)
+
+    def _reuse_temp(self, e: _Entry, dfd: int, tmp: bytes) -> list[_Chunk] | None:
+        st = _lstat(tmp, dfd)
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 \
+                or st.st_size != e.node.size:
+            return None
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        except OSError:
+            return None
+        try:
+            if not holes_are_zero(fd, e.node.holes):
+                return None
+            needed = [c for c in e.chunks if not chunk_matches(self.repo, fd, c)]
+        finally:
+            os.close(fd)
+        reused = sum(c.length for c in e.chunks) - sum(c.length for c in needed)
+        with self._lock:
+            self.summary.bytes_skipped += reused
+        return needed
+
+    def _finalize(self, e: _Entry, dfd: int) -> None:
+        """Content complete: metadata on the temp file, then rename it into place, so
+        the real name only ever shows a complete, finished file."""
+        tmp = tmp_name(e.node.name)
+        self._apply_meta(e, dfd, tmp)
+        os.rename(tmp, e.node.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        with self._lock:
+            e.state = "done"
+            self.summary.files_restored += 1
+        self._file_finished()
+
+    def _prep_special(self, e: _Entry, dfd: int) -> None:
+        name = e.node.name
+        st = _lstat(name, dfd)
+        if st is not None and not self._handle_existing(e, dfd, st):
+            return
+        tmp = tmp_name(name)
+        _remove(tmp, dfd)
+        path = _proc(dfd, tmp)
+        try:
+            fsmeta.create_special(path, e.node, owner=self.owner)
+        except fsmeta.SpecialFileNotCreated as exc:
+            e.state = "failed"
+            self.warn(e, str(exc).removeprefix(fsmeta.show_path(path) + ": "))
+            return
+        self._apply_meta(e, dfd, tmp)
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        e.state = "done"
+        with self._lock:
+            self.summary.others_restored += 1
+
+    # -- fetch -----------------------------------------------------------------------------
+
+    def fetch(self) -> None:
+        by_pack: dict[bytes, list[BlobLocation]] = defaultdict(list)
+        for bid in list(self._want):
+            loc = self.repo.lookup(BlobType.DATA, bid)
+            if loc is None:  # vanished since planning (index reloaded): damage
+                self._blob_damaged(bid, f"data blob {bid.hex()} is not in the index")
+                continue
+            by_pack[loc.pack_id].append(loc)
+        jobs = [(pid, _ranges(locs)) for pid, locs in sorted(by_pack.items())]
+        if not jobs:
+            return
+        with ThreadPoolExecutor(min(self.threads, len(jobs)),
+                                thread_name_prefix="resurgo-restore") as pool:
+            futures = [pool.submit(self._pack_job, pid, ranges) for pid, ranges in jobs]
+            failed = True  # also when this thread is interrupted (Ctrl-C, SIGTERM)
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                failed = any(f.exception() is not None for f in done)
+            finally:
+                if failed:
+                    self._stop.set()  # the other workers stop at their next range
+                    for f in futures:
+                        f.cancel()
+            wait(futures)
+        for f in futures:
+            if not f.cancelled() and f.exception() is not None:
+                raise f.exception()  # type: ignore[misc]
+        self.check_stop()
+
+    def _pack_job(self, pack_id: bytes, ranges: list[tuple[int, int, list[BlobLocation]]]) -> None:
+        for start, end, locs in ranges:
+            if self._stop.is_set():
+                return
+            if self.should_stop():
+                self._stop.set()
+                return
+            try:
+                data = self.repo.read_pack_range(pack_id, start, end - start)
+                if len(data) != end - start:
+                    raise CorruptObject(f"pack {pack_id.hex()}", "short read")
+            except (ObjectNotFound, InvalidRange, CorruptObject) as exc:
+                for loc in locs:
+                    self._blob_damaged(loc.id, str(exc))
+                continue
+            with self._lock:
+                self.summary.packs_read += 1
+                self.summary.bytes_downloaded += len(data)
+            self._write_range(memoryview(data), start, locs)
+
+    def _write_range(self, data: memoryview, start: int, locs: list[BlobLocation]) -> None:
+        writes: dict[_Entry, list[tuple[_Chunk, memoryview]]] = defaultdict(list)
+        for loc in locs:
+            env = data[loc.offset - start : loc.offset - start + loc.length]
+            try:
+                plain = self.repo.open_blob(loc, env)
+                if not self.repo.verify_blob_id(loc.id, plain):
+                    raise CorruptObject(f"blob {loc.id.hex()}", "content does not match its ID")
+            except CorruptObject as exc:
+                self._blob_damaged(loc.id, str(exc))
+                continue
+            mv = memoryview(plain)
+            for e, chunk in self._want[loc.id]:
+                writes[e].append((chunk, mv))
+        for e, items in writes.items():
+            self._write_file(e, items)
+
+    def _write_file(self, e: _Entry, items: list[tuple[_Chunk, memoryview]]) -> None:
+        if e.state != "pending":
+            return  # damaged meanwhile
+        try:
+            with self.dirs.hold(e.parent) as dfd:
+                fd = os.open(tmp_name(e.node.name), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             dir_fd=dfd)
+                try:
+                    for chunk, plain in items:
+                        for foff, boff, length in chunk.pieces:
+                            _pwrite_all(fd, plain[boff : boff + length], foff)
+                finally:
+                    os.close(fd)
+                with self._lock:
+                    self.summary.bytes_restored += sum(chunk.length for chunk, _ in items)
+                    e.remaining -= len(items)
+                    complete = e.remaining == 0 and e.state == "pending"
+                if complete:
+                    self._finalize(e, dfd)
+        except OSError as exc:
+            self._os_error(e, exc)
+        self.progress()
+
+    def _blob_damaged(self, bid: bytes, reason: str) -> None:
+        for e, _ in self._want.get(bid, []):
+            self.damage(e, reason)
+
+    # -- finish ----------------------------------------------------------------------------
+
+    def hard_links(self) -> None:
+        for e in self._links:
+            self.check_stop()
+            p = e.link_to
+            assert p is not None
+            if p.state not in ("done", "skipped", "metadata"):
+                if p.state == "damaged":
+                    self.damage(e, "hard link to a file that could not be restored")
+                else:
+                    e.state = "failed"
+                    self.warn(e, "hard link to a file that was not restored")
+                continue
+            if e.parent is not None and e.parent.state not in ("created", "exists"):
+                continue
+            try:
+                self._link(e, p)
+            except OSError as exc:
+                self._os_error(e, exc)
+
+    def _link(self, e: _Entry, p: _Entry) -> None:
+        with self.dirs.hold(p.parent) as pfd, self.dirs.hold(e.parent) as dfd:
+            pst = os.stat(p.node.name, dir_fd=pfd, follow_symlinks=False)
+            st = _lstat(e.node.name, dfd)
+            if st is not None:
+                if (st.st_ino, st.st_dev) == (pst.st_ino, pst.st_dev):
+                    with self._lock:
+                        e.state = "skipped"
+                        self.summary.files_skipped += 1
+                    return
+                verdict = "dir" if stat.S_ISDIR(st.st_mode) else "differs"
+                if not self._may_replace(e, verdict):
+                    return
+                if verdict == "dir":
+                    _remove(e.node.name, dfd)
+            tmp = tmp_name(e.node.name)
+            _remove(tmp, dfd)
+            os.link(p.node.name, tmp, src_dir_fd=pfd, dst_dir_fd=dfd, follow_symlinks=False)
+            os.rename(tmp, e.node.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            with self._lock:
+                e.state = "done"
+                self.summary.others_restored += 1
+
+    def directory_metadata(self) -> None:
+        # Reverse pre-order: every directory after everything inside it, so
+        # restoring children never disturbs a directory's times.
+        for e in reversed(self.entries):
+            if e.node.type is not NodeType.DIR or e.state not in ("created", "exists"):
+                continue
+            try:
+                with self.dirs.hold(e.parent) as dfd:
+                    self._apply_meta(e, dfd, e.node.name)
+            except OSError as exc:
+                self._os_error(e, exc)
+
+    def remove_damaged_temps(self) -> None:
+        for e in self.entries:
+            if e.state == "damaged" and e.node.type is NodeType.FILE and e.link_to is None:
+                try:
+                    with self.dirs.hold(e.parent) as dfd:
+                        st = _lstat(tmp_name(e.node.name), dfd)
+                        if st is not None and stat.S_ISREG(st.st_mode):
+                            os.unlink(tmp_name(e.node.name), dir_fd=dfd)
+                except OSError:
+                    pass
+
+    # -- verify --------------------------------------------------------------------------------
+
+    def verify(self, entries: Sequence[_Entry]) -> list[dict[str, str]]:
+        """Re-read every regular file of ``entries`` and check it; returns the mismatches."""
+        self.reporter.event("verify", files=len(entries))
+
+        def one(e: _Entry) -> dict[str, str] | None:
+            try:
+                if not e.chunks:
+                    e.chunks = file_chunks(self.repo, e.node)
+                with self.dirs.hold(e.parent) as dfd:
+                    fd = _open_read(e.node.name, dfd)
+                    try:
+                        ok = _content_matches(self.repo, fd, e.node, e.chunks)
+                    finally:
+                        os.close(fd)
+            except _Damaged as exc:
+                return {"path": self.where(e), "error": str(exc)}
+            except OSError as exc:
+                return {"path": self.where(e), "error": exc.strerror or str(exc)}
+            if not ok:
+                return {"path": self.where(e),
+                        "error": "content or size differs from the snapshot"}
+            return None
+
+        bad: list[dict[str, str]] = []
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="resurgo-verify") as pool:
+            for result in pool.map(one, entries):
+                if result is not None:
+                    bad.append(result)
+                    self.reporter.event("error", **result)
+        with self._lock:
+            self.summary.files_verified += len(entries) - len(bad)
+        return bad
+
+
+def _ranges(locs: list[BlobLocation]) -> list[tuple[int, int, list[BlobLocation]]]:
+    """Group a pack's blobs into ``(start, end, blobs)`` ranges: one ranged get each."""
+    out: list[tuple[int, int, list[BlobLocation]]] = []
+    for loc in sorted(locs, key=lambda b: b.offset):
+        end = loc.offset + loc.length
+        if out:
+            start, cur_end, group = out[-1]
+            if loc.offset - cur_end < MAX_GAP and max(end, cur_end) - start <= MAX_RANGE:
+                group.append(loc)
+                out[-1] = (start, max(end, cur_end), group)
+                continue
+        out.append((loc.offset, end, [loc]))
+    return out
+
+
+def _open_target(target: bytes) -> int:
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        os.makedirs(target, exist_ok=True)
+        st = os.stat(target)
+    if not stat.S_ISDIR(st.st_mode):
+        raise TargetExists(f"restore target {fsmeta.show_path(target)} exists and is not a directory")
+    return os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def restore_snapshot(
+    repo: Repository,
+    snap: Snapshot,
+    target: bytes | str | Path,
+    *,
+    subpath: bytes = b"",
+    includes: Sequence[str] = (),
+    excludes: Sequence[str] = (),
+    overwrite: str = "never",
+    verify: bool = False,
+    owner: bool | None = None,
+    numeric_ids: bool = False,
+    threads: int = 4,
+    reporter: Reporter = NULL,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> RestoreSummary:
+    """Restore ``snap`` (or its ``subpath``) into the directory ``target``.
+
+    ``subpath`` names a directory (its contents go into ``target``) or a single
+    entry (restored as ``target/<name>``). ``includes``/``excludes`` are
+    gitignore-style patterns matched against the path inside the snapshot.
+    ``overwrite``: never | if-changed | always (docs/restore.md). ``owner``
+    (default: running as root) restores ownership and device nodes.
+
+    Returns the summary; conflicts and metadata that could not be set are in
+    ``summary.warnings``. Raises UnsafeTree (nothing written) for a hostile or
+    undecodable tree, Interrupted when ``should_stop`` turned true (run again to
+    resume), RestoreError for fatal write errors, and RestoreIntegrityError --
+    after restoring everything else -- when files could not be restored from
+    damaged data or failed verification.
+    """
+    if overwrite not in OVERWRITE_MODES:
+        raise UsageError(f"unknown overwrite mode {overwrite!r}: expected one of "
+                         + ", ".join(OVERWRITE_MODES))
+    if owner is None:
+        owner = os.geteuid() == 0
+    entries = plan_restore(repo, snap, subpath=subpath, includes=includes, excludes=excludes)
+    root_fd = _open_target(os.fsencode(target))
+    r = _Restore(repo, entries, os.fsencode(target), root_fd, overwrite=overwrite, owner=owner,
+                 numeric_ids=numeric_ids, threads=threads, reporter=reporter,
+                 should_stop=should_stop)
+    s = r.summary
+    try:
+        reporter.event("start", snapshot=snap.id, target=fsmeta.show_path(os.fsencode(target)),
+                       entries=len(entries))
+        r.prepare()
+        r.fetch()
+        r.hard_links()
+        r.remove_damaged_temps()
+        r.directory_metadata()
+        r.progress(force=True)
+        bad: list[dict[str, str]] = []
+        if verify:
+            files = [e for e in entries if e.node.type is NodeType.FILE
+                     and e.state in ("done", "skipped", "metadata")]
+            bad = r.verify(files)
+        s.duration = time.time() - s.started
+        reporter.event("restored", **s.as_dict())
+    finally:
+        r.dirs.close()
+        os.close(root_fd)
+    if s.damaged or bad:
+        paths = [d["path"] for d in s.damaged] + [b["path"] for b in bad]
+        what = []
+        if s.damaged:
+            what.append(f"{len(s.damaged)} file(s) could not be restored from damaged data")
+        if bad:
+            what.append(f"{len(bad)} file(s) failed verification")
+        shown = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+        err = RestoreIntegrityError(f"{'; '.join(what)}: {shown}", s, paths)
+        raise err
+    return s
+
+
+def verify_restore(
+    repo: Repository,
+    snap: Snapshot,
+    target: bytes | str | Path,
+    *,
+    subpath: bytes = b"",
+    includes: Sequence[str] = (),
+    excludes: Sequence[str] = (),
+    threads: int = 4,
+    reporter: Reporter = NULL,
+) -> RestoreSummary:
+    """Check the regular files under ``target`` against the snapshot (as a restore with
+    the same arguments would have written them); writes nothing.
+
+    Raises RestoreIntegrityError listing missing or differing files.
+    """
+    entries = plan_restore(repo, snap, subpath=subpath, includes=includes, excludes=excludes)
+    try:
+        root_fd = os.open(os.fsencode(target), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RestoreError(f"cannot open {fsmeta.show_path(os.fsencode(target))}: "
+                           f"{exc.strerror or exc}") from exc
+    r = _Restore(repo, entries, os.fsencode(target), root_fd, overwrite="never", owner=False, numeric_ids=False,
+                 threads=threads, reporter=reporter, should_stop=lambda: False)
+    try:
+        files = [e for e in entries if e.node.type is NodeType.FILE]
+        bad = r.verify(files)
+    finally:
+        r.dirs.close()
+        os.close(root_fd)
+    s = r.summary
+    s.duration = time.time() - s.started
+    if bad:
+        paths = [b["path"] for b in bad]
+        shown = ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+        raise RestoreIntegrityError(f"{len(bad)} file(s) failed verification: {shown}", s, paths)
+    return s

@@ -1,0 +1,251 @@
+"""The client cache: local copies of a repository's snapshot objects and tree packs.
+
+A *repository cache* lives in ``<cache dir>/<repository ID>/`` and holds copies
+of backend objects that read-mostly commands (``snapshots``, ``ls``, ``find``,
+small restores) would otherwise download on every run:
+
+* ``snapshots/<id>``: snapshot objects, stored as the encrypted envelope
+  bytes the backend holds under that name;
+* ``packs/<2 hex>/<id>``: whole packs that hold tree blobs (the repository
+  writes tree blobs and data blobs into separate packs, so a tree pack holds
+  only directory listings and is small next to the data).
+
+The index cache (``index``) sits in the same directory and belongs to the
+repository facade.
+
+Nothing in the cache is trusted. Every entry is named by the hash of its
+content, as in the repository: a snapshot envelope is checked against its name
+on every read, a pack once per cache instance (per process) before its first
+read, and each blob read from it is authenticated by the caller. An entry that
+fails any check is deleted and fetched again from the backend. Entries are
+written to a temporary file and renamed into place, so several processes can
+share one cache; losing or deleting the whole cache directory only costs
+downloads. The cache is never consulted for *whether* an object exists: the
+caller lists the backend for that, and ``retain_objects`` drops entries whose
+objects are gone.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import blake3
+
+SNAPSHOTS_DIR = "snapshots"
+PACKS_DIR = "packs"
+_TEMP_PREFIX = ".tmp-"
+
+
+def _hash_hex(data: bytes | memoryview) -> str:
+    return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
+
+
+def _valid_name(name: str) -> bool:
+    # Names come from backend listings: refuse anything that is not a plain
+    # lowercase hex ID, so a hostile listing cannot make us write elsewhere.
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+class RepoCache:
+    """The cache directory of one repository. Thread-safe; shareable between processes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._verified_packs: set[str] = set()
+        self._fetch_locks: dict[str, threading.Lock] = {}
+        # Counters, for tests and diagnostics.
+        self.hits = 0
+        self.misses = 0
+        self.dropped = 0
+
+    # --- paths --------------------------------------------------------------------
+
+    def _object_path(self, kind: str, name: str) -> Path:
+        return self.root / kind / name
+
+    def _pack_path(self, pack_hex: str) -> Path:
+        return self.root / PACKS_DIR / pack_hex[:2] / pack_hex
+
+    # --- snapshot (and other small) objects --------------------------------------------
+
+    def load_object(self, kind: str, name: str) -> bytes | None:
+        """The cached envelope of ``kind/name``, or None (absent or damaged, then deleted)."""
+        if not _valid_name(name):
+            return None
+        path = self._object_path(kind, name)
+        data = _read(path)
+        if data is None:
+            self._count(hit=False)
+            return None
+        if _hash_hex(data) != name:
+            self.drop_object(kind, name)
+            self._count(hit=False)
+            return None
+        self._count(hit=True)
+        return data
+
+    def store_object(self, kind: str, name: str, envelope: bytes) -> None:
+        if _valid_name(name):
+            _write_atomic(self._object_path(kind, name), envelope)
+
+    def drop_object(self, kind: str, name: str) -> None:
+        if _valid_name(name) and _unlink(self._object_path(kind, name)):
+            with self._lock:
+                self.dropped += 1
+
+    def retain_objects(self, kind: str, names: Iterable[str]) -> int:
+        """Delete cached ``kind`` objects not in ``names`` (removed from the repository)."""
+        keep = set(names)
+        removed = 0
+        try:
+            entries = list(os.scandir(self.root / kind))
+        except OSError:
+            return 0
+        for entry in entries:
+            if entry.name not in keep and _unlink(Path(entry.path)):
+                removed += 1
+        return removed
+
+    # --- packs ---------------------------------------------------------------------------
+
+    def fetch_lock(self, pack_hex: str) -> threading.Lock:
+        """A lock per pack, so that concurrent readers download a missing pack once."""
+        with self._lock:
+            lock = self._fetch_locks.get(pack_hex)
+            if lock is None:
+                lock = self._fetch_locks[pack_hex] = threading.Lock()
+            return lock
+
+    def read_pack(self, pack_hex: str, offset: int, length: int) -> bytes | None:
+        """``length`` bytes at ``offset`` of the cached pack, or None if absent or damaged.
+
+        The whole pack is checked against its name the first time this cache
+        instance reads it; a pack that fails is deleted. The caller
+        authenticates what it reads and calls ``drop_pack`` if that fails.
+        """
+        if not _valid_name(pack_hex):
+            return None
+        path = self._pack_path(pack_hex)
+        with self._lock:
+            verified = pack_hex in self._verified_packs
+        chunk: bytes | None
+        if not verified:
+            data = _read(path)
+            if data is None:
+                self._count(hit=False)
+                return None
+            if _hash_hex(data) != pack_hex:
+                self.drop_pack(pack_hex)
+                self._count(hit=False)
+                return None
+            with self._lock:
+                self._verified_packs.add(pack_hex)
+            chunk = data[offset : offset + length]
+        else:
+            chunk = _pread(path, offset, length)
+        if chunk is None or len(chunk) != length:
+            self.drop_pack(pack_hex)  # shrank or vanished since it was verified
+            self._count(hit=False)
+            return None
+        self._count(hit=True)
+        return chunk
+
+    def store_pack(self, pack_hex: str, data: bytes) -> None:
+        """Keep a pack the caller has already checked against its name."""
+        if not _valid_name(pack_hex):
+            return
+        if _write_atomic(self._pack_path(pack_hex), data):
+            with self._lock:
+                self._verified_packs.add(pack_hex)
+
+    def drop_pack(self, pack_hex: str) -> None:
+        with self._lock:
+            self._verified_packs.discard(pack_hex)
+        if _valid_name(pack_hex) and _unlink(self._pack_path(pack_hex)):
+            with self._lock:
+                self.dropped += 1
+
+    def retain_packs(self, pack_hexes: set[str]) -> int:
+        """Delete cached packs not in ``pack_hexes`` (no longer indexed: pruned)."""
+        removed = 0
+        base = self.root / PACKS_DIR
+        try:
+            fanout = list(os.scandir(base))
+        except OSError:
+            return 0
+        for directory in fanout:
+            try:
+                entries = list(os.scandir(directory.path))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name not in pack_hexes and _unlink(Path(entry.path)):
+                    with self._lock:
+                        self._verified_packs.discard(entry.name)
+                    removed += 1
+        return removed
+
+    def _count(self, *, hit: bool) -> None:
+        with self._lock:
+            if hit:
+                self.hits += 1
+            else:
+                self.misses += 1
+
+
+# --- file helpers: failures are cache misses, never errors ------------------------------
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _pread(path: Path, offset: int, length: int) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        parts: list[bytes] = []
+        done = 0
+        while done < length:
+            part = os.pread(fd, length - done, offset + done)
+            if not part:
+                break
+            parts.append(part)
+            done += len(part)
+        return b"".join(parts)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` via a temporary file and a rename. False if it failed."""
+    tmp = path.with_name(f"{_TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        # The cache is an optimisation: a full or read-only disk only costs downloads.
+        _unlink(tmp)
+        return False
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False

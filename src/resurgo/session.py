@@ -1,0 +1,116 @@
+"""The session: the one place that assembles a working repository from plain values.
+
+A *session* is the composition root shared by the CLI, the web API and the
+scheduler: it turns a repository URL, a password and options into an open
+``Repository`` by stacking the storage layers in a fixed order::
+
+    registry.open_backend(url)  ->  [fault injection]  ->  RetryBackend  ->  Repository
+
+Faults sit *below* the retry layer so that injected transient failures are
+absorbed exactly as real ones would be (ARCHITECTURE.md, point 12). The
+session takes values only: callers read the environment and the command line
+and pass what they found, so the engine never touches ``os.environ``.
+
+It also owns the *default locations*: the repository and cache directories
+used when nothing else is configured, following the XDG base directory spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from resurgo.backend import Backend, faults, registry, wrappers
+from resurgo.repo import Repository
+from resurgo.repo.config import RepoParams
+from resurgo.repo.keys import KDFParams
+
+__all__ = [
+    "default_cache_dir",
+    "default_repository_url",
+    "open_backend",
+    "open_repo",
+]
+
+
+def _home(env: Mapping[str, str]) -> Path:
+    home = env.get("HOME")
+    # Without HOME (some service managers) fall back to the password database.
+    return Path(home) if home else Path.home()
+
+
+def _xdg(env: Mapping[str, str], var: str, fallback: str) -> Path:
+    value = env.get(var, "")
+    # The XDG spec says relative values are invalid and must be ignored.
+    if value and Path(value).is_absolute():
+        return Path(value)
+    return _home(env) / fallback
+
+
+def default_repository_url(env: Mapping[str, str]) -> str:
+    """The repository used when none is named: ``$XDG_DATA_HOME/resurgo/repository``."""
+    return str(_xdg(env, "XDG_DATA_HOME", ".local/share") / "resurgo" / "repository")
+
+
+def default_cache_dir(env: Mapping[str, str]) -> Path:
+    """The local cache root: ``$XDG_CACHE_HOME/resurgo`` (default ``~/.cache/resurgo``)."""
+    return _xdg(env, "XDG_CACHE_HOME", ".cache") / "resurgo"
+
+
+def open_backend(
+    url: str,
+    *,
+    options: Mapping[str, str] | None = None,
+    fault_spec: str | None = None,
+    retry: bool = True,
+    read_only: bool = False,
+) -> Backend:
+    """The storage stack for ``url``: backend, optional faults, retries, read-only guard."""
+    backend: Backend = registry.open_backend(url, dict(options or {}))
+    try:
+        if fault_spec:
+            backend = faults.wrap_with_faults(backend, fault_spec)
+        if retry:
+            backend = wrappers.RetryBackend(backend)
+        if read_only:
+            backend = wrappers.ReadOnlyBackend(backend)
+    except BaseException:
+        backend.close()
+        raise
+    return backend
+
+
+def open_repo(
+    url: str,
+    password: str,
+    *,
+    cache_dir: Path | None = None,
+    options: Mapping[str, str] | None = None,
+    fault_spec: str | None = None,
+    retry: bool = True,
+    create: bool = False,
+    params: RepoParams | None = None,
+    kdf: KDFParams | None = None,
+    read_only: bool = False,
+) -> Repository:
+    """Open (or with ``create=True``, initialise) the repository at ``url``.
+
+    Raises ``RepositoryNotFound`` / ``WrongPassword`` on open and
+    ``RepositoryExists`` on create, as ``Repository`` does; the backend is
+    closed again whenever no repository is returned. ``params`` and ``kdf``
+    only apply to ``create``. ``read_only`` makes every write through this
+    repository fail with ``ReadOnlyError``: commands that only read declare it,
+    so a read path can never mutate the repository by mistake.
+    """
+    if create and read_only:
+        raise ValueError("cannot create a repository read-only")
+    backend = open_backend(
+        url, options=options, fault_spec=fault_spec, retry=retry, read_only=read_only
+    )
+    try:
+        if create:
+            return Repository.init(backend, password, params=params, kdf=kdf, cache_dir=cache_dir)
+        return Repository.open(backend, password, cache_dir=cache_dir)
+    except BaseException:
+        backend.close()
+        raise

@@ -1,0 +1,80 @@
+"""The session: default locations and the order in which the storage stack is assembled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from resurgo.errors import InjectedFault, ReadOnlyError, RepositoryExists, RepositoryNotFound
+from resurgo.repo import KDFParams
+from resurgo.session import default_cache_dir, default_repository_url, open_repo
+
+PW = "pw"
+WEAK = KDFParams.weak_for_tests()
+
+
+def test_default_repository_follows_xdg_data_home():
+    assert default_repository_url({"XDG_DATA_HOME": "/d", "HOME": "/h"}) == "/d/resurgo/repository"
+
+
+def test_default_repository_falls_back_to_home_local_share():
+    expected = "/h/.local/share/resurgo/repository"
+    assert default_repository_url({"HOME": "/h"}) == expected
+    # the XDG spec says relative values must be ignored
+    assert default_repository_url({"HOME": "/h", "XDG_DATA_HOME": "rel"}) == expected
+
+
+def test_default_cache_dir_follows_xdg_cache_home():
+    assert default_cache_dir({"XDG_CACHE_HOME": "/c", "HOME": "/h"}) == Path("/c/resurgo")
+    assert default_cache_dir({"HOME": "/h"}) == Path("/h/.cache/resurgo")
+
+
+def test_create_then_open_sees_the_same_repository(tmp_path):
+    url = str(tmp_path / "r")
+    created = open_repo(url, PW, create=True, kdf=WEAK)
+    created.close()
+
+    opened = open_repo(url, PW, cache_dir=tmp_path / "cache")
+    try:
+        assert opened.config.id == created.config.id
+    finally:
+        opened.close()
+
+
+def test_create_refuses_an_existing_repository(tmp_path):
+    url = str(tmp_path / "r")
+    open_repo(url, PW, create=True, kdf=WEAK).close()
+
+    with pytest.raises(RepositoryExists):
+        open_repo(url, PW, create=True, kdf=WEAK)
+
+
+def test_open_of_a_missing_repository_raises_not_found(tmp_path):
+    with pytest.raises(RepositoryNotFound):
+        open_repo(str(tmp_path / "absent"), PW)
+
+
+def test_read_only_repository_refuses_writes(tmp_path):
+    url = str(tmp_path / "r")
+    open_repo(url, PW, create=True, kdf=WEAK).close()
+    keys_before = sorted(p.name for p in (tmp_path / "r" / "keys").iterdir())
+
+    repo = open_repo(url, PW, read_only=True)
+    try:
+        assert len(repo.list_keys()) == 1
+        with pytest.raises(ReadOnlyError):
+            repo.add_key("second", kdf=WEAK)
+    finally:
+        repo.close()
+    assert sorted(p.name for p in (tmp_path / "r" / "keys").iterdir()) == keys_before
+
+
+def test_injected_transient_faults_sit_below_the_retry_layer(tmp_path):
+    created = open_repo(str(tmp_path / "a"), PW, create=True, kdf=WEAK, fault_spec="put:fail:2")
+    created.close()
+    assert (tmp_path / "a" / "config").is_file()
+
+    with pytest.raises(InjectedFault):
+        open_repo(str(tmp_path / "b"), PW, create=True, kdf=WEAK, fault_spec="put:fail:1",
+                  retry=False)

@@ -1,0 +1,637 @@
+"""The restore pipeline and dump, driven through their engine API on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from resurgo.backend import Backend, ObjectInfo, layout
+from resurgo.backend.local import LocalBackend
+from resurgo.backend.memory import MemoryBackend
+from resurgo.errors import Interrupted, RestoreError, UsageError
+from resurgo.ops import restore as restore_mod
+from resurgo.ops.backup import backup_paths
+from resurgo.ops.dump import dump_file
+from resurgo.ops.restore import (
+    RestoreIntegrityError,
+    UnsafeTree,
+    restore_snapshot,
+    tmp_name,
+    verify_restore,
+)
+from resurgo.progress import RecordingReporter
+from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
+from resurgo.snapshot.model import Node, NodeType, Snapshot
+from resurgo.snapshot.store import find_snapshot, save_snapshot
+
+
+class CountingBackend:
+    """Counts gets per key; everything else passes through."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.gets: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return self.inner.url
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        with self._lock:
+            self.gets[key] += 1
+        return self.inner.get(key, offset, length)
+
+    def put(self, key: str, data: bytes | memoryview, *, create_only: bool = False) -> None:
+        self.inner.put(key, data, create_only=create_only)
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self.inner.stat(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def new_repo(backend: Backend | None = None) -> Repository:
+    return Repository.init(
+        backend if backend is not None else MemoryBackend(), "pw",
+        params=RepoParams.tiny_for_tests(), kdf=KDFParams.weak_for_tests(),
+    )
+
+
+@pytest.fixture
+def repo() -> Repository:
+    return new_repo()
+
+
+def rand(n: int, seed: int) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(n)
+
+
+def backup(repo: Repository, src: Path) -> Snapshot:
+    s = backup_paths(repo, [src])
+    assert not s.warnings, s.warnings
+    return find_snapshot(repo, s.snapshot_id or "")
+
+
+def sub(src: Path) -> bytes:
+    return os.fsencode(src)
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    """Relative path -> bytes of every regular file (temp files included, to catch leftovers)."""
+    out = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            p = Path(dirpath) / n
+            if p.is_file() and not p.is_symlink():
+                out[str(p.relative_to(root))] = p.read_bytes()
+    return out
+
+
+def everything_under(root: Path) -> set[str]:
+    out = set()
+    for dirpath, dirs, names in os.walk(root):
+        for n in dirs + names:
+            out.add(str((Path(dirpath) / n).relative_to(root)))
+    return out
+
+
+def make_small_files(src: Path, n: int, size: int = 1500) -> dict[str, bytes]:
+    src.mkdir(parents=True, exist_ok=True)
+    data = {}
+    for i in range(n):
+        d = src / f"d{i % 5}"
+        d.mkdir(exist_ok=True)
+        content = rand(size + i, i)
+        (d / f"f{i}").write_bytes(content)
+        data[f"d{i % 5}/f{i}"] = content
+    return data
+
+
+# --- round trip --------------------------------------------------------------------------
+
+
+def test_restore_round_trips_content_and_metadata(repo, tmp_path):
+    src = tmp_path / "src"
+    (src / "dir" / "empty").mkdir(parents=True)
+    (src / "dir" / "f").write_bytes(rand(50_000, 1))
+    (src / "empty-file").write_bytes(b"")
+    (src / "exec").write_bytes(b"#!/bin/sh\n")
+    os.chmod(src / "exec", 0o4755)
+    os.symlink("dir/f", src / "link")
+    os.setxattr(src / "dir" / "f", b"user.note", b"hello")
+    os.utime(src / "dir" / "f", ns=(1_000_000_001, 2_000_000_002))
+    os.utime(src / "dir", ns=(3_000_000_003, 4_000_000_004))
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src))
+    st = os.stat(dst / "dir" / "f")  # before reading it changes the atime
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_001, 2_000_000_002)
+    assert files_under(dst) == files_under(src)
+    assert s.files_restored == 3 and s.files_skipped == 0 and not s.warnings
+    assert s.bytes_restored == 50_000 + len(b"#!/bin/sh\n")
+    assert stat.S_IMODE(os.stat(dst / "exec").st_mode) == 0o4755
+    assert os.readlink(dst / "link") == "dir/f"
+    assert os.getxattr(dst / "dir" / "f", b"user.note") == b"hello"
+    # The directory's times are set after its contents were written.
+    assert os.stat(dst / "dir").st_mtime_ns == 4_000_000_004
+    assert (dst / "dir" / "empty").is_dir() and not any((dst / "dir" / "empty").iterdir())
+
+
+def test_restore_of_a_file_path_puts_it_in_the_target(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "one").write_bytes(b"the one")
+    (src / "two").write_bytes(b"the other")
+    snap = backup(repo, src)
+    s = restore_snapshot(repo, snap, tmp_path / "dst", subpath=sub(src / "one"))
+    assert files_under(tmp_path / "dst") == {"one": b"the one"}
+    assert s.files_restored == 1
+
+
+# --- reads grouped per pack ---------------------------------------------------------------
+
+
+def test_each_pack_is_fetched_once_for_a_fresh_restore_of_many_small_files(tmp_path):
+    backend = CountingBackend(MemoryBackend())
+    repo = new_repo(backend)
+    src = tmp_path / "src"
+    data = make_small_files(src, 120, size=4000)
+    snap = backup(repo, src)
+    data_packs = set()
+    from resurgo.snapshot.store import walk_tree
+
+    for _p, node in walk_tree(repo, snap.tree):
+        for bid in node.content:
+            loc = repo.lookup(BlobType.DATA, bid)
+            assert loc is not None
+            data_packs.add(layout.pack(loc.pack_hex))
+    assert len(data_packs) > 3  # tiny packs: the data really spans many packs
+    backend.gets.clear()
+    s = restore_snapshot(repo, snap, tmp_path / "dst", subpath=sub(src))
+    assert files_under(tmp_path / "dst") == data
+    assert {k: backend.gets[k] for k in data_packs} == dict.fromkeys(data_packs, 1)
+    assert s.packs_read == len(data_packs)
+
+
+def test_a_blob_used_by_many_files_is_fetched_once_and_written_everywhere(tmp_path):
+    backend = CountingBackend(MemoryBackend())
+    repo = new_repo(backend)
+    src = tmp_path / "src"
+    src.mkdir()
+    same = rand(1000, 7)  # below the minimum chunk: one blob
+    for i in range(30):
+        (src / f"copy{i}").write_bytes(same)
+    snap = backup(repo, src)
+    backend.gets.clear()
+    s = restore_snapshot(repo, snap, tmp_path / "dst", subpath=sub(src))
+    assert files_under(tmp_path / "dst") == {f"copy{i}": same for i in range(30)}
+    loc = repo.lookup(BlobType.DATA, repo.blob_id(same))
+    assert loc is not None
+    assert backend.gets[layout.pack(loc.pack_hex)] == 1
+    assert s.packs_read == 1 and s.bytes_restored == 30 * 1000
+
+
+# --- hostile trees ---------------------------------------------------------------------------
+
+
+def hostile_snapshot(repo: Repository, raw_nodes: list[dict], *, nest: bool = False) -> Snapshot:
+    """A snapshot whose tree is written by hand, bypassing every encoder check."""
+    blob = repo.save_blob(BlobType.DATA, b"pwned")[0].hex()
+    for n in raw_nodes:
+        if n.get("type") == "file":
+            n.setdefault("content", [blob])
+            n.setdefault("size", 5)
+    tree = repo.save_blob(BlobType.TREE, json.dumps({"v": 1, "nodes": raw_nodes}).encode())[0]
+    if nest:
+        outer = {"v": 1, "nodes": [
+            {"name": "ok", "type": "file", "size": 5, "content": [blob]},
+            {"name": "sub", "type": "dir", "mode": 0o755, "subtree": tree.hex()},
+        ]}
+        tree = repo.save_blob(BlobType.TREE, json.dumps(outer).encode())[0]
+    repo.flush()
+    snap = Snapshot(time_ns=time.time_ns(), tree=tree, paths=["/x"])
+    save_snapshot(repo, snap)
+    return snap
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "x\x00y", "../../escape", "/abs"])
+@pytest.mark.parametrize("nest", [False, True])
+def test_hostile_names_are_refused_and_nothing_is_written(repo, tmp_path, name, nest):
+    snap = hostile_snapshot(repo, [{"name": name, "type": "file"}], nest=nest)
+    box = tmp_path / "box"
+    dst = box / "a" / "target"
+    dst.mkdir(parents=True)
+    before = everything_under(tmp_path)
+    with pytest.raises(RestoreError) as info:
+        restore_snapshot(repo, snap, dst, overwrite="always")
+    assert isinstance(info.value, UnsafeTree)
+    assert everything_under(tmp_path) == before
+    assert "pwned" not in {p.read_bytes().decode(errors="replace")
+                           for p in tmp_path.rglob("*") if p.is_file()}
+
+
+def test_hostile_names_are_refused_even_if_the_tree_decoder_let_them_through(
+        repo, tmp_path, monkeypatch):
+    good = hostile_snapshot(repo, [{"name": "fine", "type": "file"}])
+    real = restore_mod.load_tree
+
+    def sneaky(r, tree_id):
+        nodes = real(r, tree_id)
+        nodes.append(Node(name=b"..", type=NodeType.FILE, size=5, content=nodes[0].content))
+        return nodes
+
+    monkeypatch.setattr(restore_mod, "load_tree", sneaky)
+    dst = tmp_path / "dst"
+    with pytest.raises(UnsafeTree, match="hostile entry"):
+        restore_snapshot(repo, good, dst)
+    assert not dst.exists() or not any(dst.iterdir())
+
+
+def test_a_preexisting_symlink_in_the_target_is_never_followed(repo, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "passwd").write_bytes(b"root:x:0:0")
+    (outside / "victim").write_bytes(b"precious")
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "passwd").write_bytes(b"evil")
+    (src / "f").write_bytes(b"new content")
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    os.symlink(outside, dst / "a")  # a directory in the snapshot, a symlink out here
+    os.symlink(outside / "victim", dst / "f")  # a file in the snapshot
+    os.symlink(outside / "victim", dst / tmp_name(b"f").decode())  # a planted temp name
+
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src))  # never
+    assert s.conflicts == 2 and len(s.warnings) == 2
+    assert os.path.islink(dst / "a") and os.path.islink(dst / "f")
+    assert (outside / "passwd").read_bytes() == b"root:x:0:0"
+    assert (outside / "victim").read_bytes() == b"precious"
+
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src), overwrite="always")
+    assert not os.path.islink(dst / "a") and (dst / "a" / "passwd").read_bytes() == b"evil"
+    assert not os.path.islink(dst / "f") and (dst / "f").read_bytes() == b"new content"
+    assert (outside / "passwd").read_bytes() == b"root:x:0:0"
+    assert (outside / "victim").read_bytes() == b"precious"
+    assert sorted(os.listdir(outside)) == ["passwd", "victim"]
+    assert not any(n.startswith(".resurgo-tmp-") for n in os.listdir(dst))
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+
+def test_an_interrupted_restore_resumes_and_skips_completed_files(repo, tmp_path):
+    src = tmp_path / "src"
+    data = make_small_files(src, 40, size=3000)
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+
+    def done_files() -> int:
+        return sum(1 for p in dst.rglob("f*") if p.is_file())
+
+    with pytest.raises(Interrupted):
+        restore_snapshot(repo, snap, dst, subpath=sub(src), threads=1,
+                         should_stop=lambda: dst.exists() and done_files() >= 8)
+    first = done_files()
+    assert 8 <= first < 40
+    # Whatever is under a real name is complete; the rest is still in temp files.
+    for rel, content in files_under(dst).items():
+        if not Path(rel).name.startswith(".resurgo-tmp-"):
+            assert content == data[rel]
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src), verify=True)
+    assert files_under(dst) == data  # complete, and no temp files left
+    assert s.files_skipped == first
+    assert s.files_restored == 40 - first
+    assert s.files_verified == 40
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src))
+    assert s.files_skipped == 40 and s.files_restored == 0 and s.packs_read == 0
+
+
+def test_a_half_written_temp_file_keeps_its_good_chunks(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    big = rand(400_000, 3)  # many chunks, several packs
+    (src / "big").write_bytes(big)
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    half = bytearray(big)
+    half[200_000:] = bytes(200_000)  # the first half arrived before the interruption
+    (dst / tmp_name(b"big").decode()).write_bytes(half)
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src))
+    assert (dst / "big").read_bytes() == big
+    assert s.bytes_skipped > 150_000
+    assert s.bytes_restored < 250_000
+    assert s.bytes_skipped + s.bytes_restored == len(big)
+    assert os.listdir(dst) == ["big"]
+
+
+# --- overwrite modes ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def conflict_setup(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "same").write_bytes(b"same content")
+    (src / "changed").write_bytes(b"snapshot version")
+    (src / "meta").write_bytes(b"only metadata differs")
+    (src / "dir-in-way").write_bytes(b"a file in the snapshot")
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+    restore_snapshot(repo, snap, dst, subpath=sub(src))
+    (dst / "changed").write_bytes(b"local edit")
+    os.chmod(dst / "meta", 0o600)
+    os.utime(dst / "meta", ns=(5, 5))
+    os.unlink(dst / "dir-in-way")
+    (dst / "dir-in-way").mkdir()
+    (dst / "dir-in-way" / "keep").write_bytes(b"local")
+    return snap, src, dst
+
+
+def test_overwrite_never_leaves_differing_entries_untouched_and_warns(repo, conflict_setup):
+    snap, src, dst = conflict_setup
+    meta_ino = os.stat(dst / "meta").st_ino
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src))
+    assert s.conflicts == 3 and s.files_skipped == 1
+    assert {w["path"].rsplit("/", 1)[-1] for w in s.warnings} == {"changed", "meta", "dir-in-way"}
+    assert (dst / "changed").read_bytes() == b"local edit"
+    assert stat.S_IMODE(os.stat(dst / "meta").st_mode) == 0o600
+    assert os.stat(dst / "meta").st_ino == meta_ino
+    assert (dst / "dir-in-way" / "keep").read_bytes() == b"local"
+
+
+def test_overwrite_if_changed_replaces_differing_files_but_not_directories(repo, conflict_setup):
+    snap, src, dst = conflict_setup
+    same_ino = os.stat(dst / "same").st_ino
+    meta_ino = os.stat(dst / "meta").st_ino
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src), overwrite="if-changed")
+    assert (dst / "changed").read_bytes() == b"snapshot version"
+    assert os.stat(dst / "same").st_ino == same_ino  # identical: untouched
+    assert os.stat(dst / "meta").st_ino == meta_ino  # metadata fixed in place
+    assert stat.S_IMODE(os.stat(dst / "meta").st_mode) == stat.S_IMODE(os.stat(src / "meta").st_mode)
+    assert os.stat(dst / "meta").st_mtime_ns == os.stat(src / "meta").st_mtime_ns
+    assert (dst / "dir-in-way" / "keep").read_bytes() == b"local"
+    assert s.files_restored == 1 and s.metadata_updated == 1 and s.files_skipped == 1
+    assert s.conflicts == 1
+
+
+def test_overwrite_always_also_replaces_a_directory_in_the_way(repo, conflict_setup):
+    snap, src, dst = conflict_setup
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src), overwrite="always")
+    assert files_under(dst) == files_under(src)
+    assert s.conflicts == 0 and not s.warnings and s.files_skipped == 1
+
+
+def test_unknown_overwrite_mode_is_a_usage_error(repo, tmp_path):
+    snap = hostile_snapshot(repo, [{"name": "f", "type": "file"}])
+    with pytest.raises(UsageError):
+        restore_snapshot(repo, snap, tmp_path / "dst", overwrite="sometimes")
+
+
+def test_a_target_that_is_a_file_is_refused(repo, tmp_path):
+    snap = hostile_snapshot(repo, [{"name": "f", "type": "file"}])
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(RestoreError, match="not a directory"):
+        restore_snapshot(repo, snap, tmp_path / "file")
+
+
+# --- verify and damage -----------------------------------------------------------------------
+
+
+def test_verify_detects_a_file_modified_before_verification(repo, tmp_path):
+    src = tmp_path / "src"
+    data = make_small_files(src, 6)
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+
+    class Saboteur(RecordingReporter):
+        def event(self, kind, /, **fields):
+            super().event(kind, **fields)
+            if kind == "verify":
+                with open(dst / "d1" / "f1", "r+b") as f:
+                    f.write(b"X")
+
+    with pytest.raises(RestoreIntegrityError) as info:
+        restore_snapshot(repo, snap, dst, subpath=sub(src), verify=True, reporter=Saboteur())
+    assert info.value.paths == [str(dst / "d1" / "f1")]
+    assert info.value.exit_code == 4
+    assert info.value.summary.files_verified == 5
+    # verify_restore checks an existing tree without writing.
+    with pytest.raises(RestoreIntegrityError, match="1 file"):
+        verify_restore(repo, snap, dst, subpath=sub(src))
+    (dst / "d1" / "f1").write_bytes(data["d1/f1"])
+    assert verify_restore(repo, snap, dst, subpath=sub(src)).files_verified == 6
+    os.truncate(dst / "d2" / "f2", 10)
+    with pytest.raises(RestoreIntegrityError):
+        verify_restore(repo, snap, dst, subpath=sub(src))
+
+
+def test_damaged_data_is_reported_and_everything_else_is_restored(tmp_path):
+    backend = MemoryBackend()
+    repo = new_repo(backend)
+    src = tmp_path / "src"
+    data = make_small_files(src, 60)
+    snap = backup(repo, src)
+    # Corrupt one data pack: the files with a blob in it cannot be restored.
+    from resurgo.snapshot.store import walk_tree
+
+    victim = next(n for _p, n in walk_tree(repo, snap.tree) if n.content)
+    loc = repo.lookup(BlobType.DATA, victim.content[0])
+    assert loc is not None
+    key = layout.pack(loc.pack_hex)
+    raw = bytearray(backend.get(key))
+    raw[loc.offset + 20] ^= 0xFF
+    backend.put(key, bytes(raw))
+    dst = tmp_path / "dst"
+    with pytest.raises(RestoreIntegrityError) as info:
+        restore_snapshot(repo, snap, dst, subpath=sub(src))
+    s = info.value.summary
+    assert s.damaged and len(info.value.paths) == len(s.damaged)
+    bad = {p.split(str(dst) + "/", 1)[1] for p in info.value.paths}
+    restored = files_under(dst)
+    assert set(restored) == set(data) - bad  # no temp files and no partial files left
+    assert all(restored[k] == data[k] for k in restored)
+
+
+# --- file kinds ---------------------------------------------------------------------------------
+
+
+def test_sparse_files_keep_their_holes(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "sparse", "wb") as f:
+        f.truncate(64 << 20)
+        f.seek(10 << 20)
+        f.write(b"middle")
+        f.seek((64 << 20) - 5)
+        f.write(b"tail!")
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src), verify=True)
+    st = os.stat(dst / "sparse")
+    assert st.st_size == 64 << 20
+    assert st.st_blocks * 512 <= 64 << 10
+    with open(dst / "sparse", "rb") as f:
+        f.seek(10 << 20)
+        assert f.read(6) == b"middle"
+        f.seek((64 << 20) - 5)
+        assert f.read() == b"tail!"
+        f.seek(0)
+        assert f.read(1 << 20) == bytes(1 << 20)
+    assert s.bytes_restored <= 16 << 10  # the two data blocks, not the holes
+
+
+def test_hard_links_come_back_as_links(repo, tmp_path):
+    src = tmp_path / "src"
+    (src / "x").mkdir(parents=True)
+    (src / "a").write_bytes(b"linked")
+    os.link(src / "a", src / "x" / "b")
+    os.link(src / "a", src / "c")
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src), verify=True)
+    inos = {os.stat(dst / p).st_ino for p in ("a", "x/b", "c")}
+    assert len(inos) == 1 and os.stat(dst / "a").st_nlink == 3
+    assert (dst / "x" / "b").read_bytes() == b"linked"
+    assert s.files_restored == 1 and s.others_restored == 2
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src))
+    assert s.files_skipped == 3 and s.others_restored == 0
+
+
+def test_hard_links_outside_the_selection_are_restored_as_files(repo, tmp_path):
+    src = tmp_path / "src"
+    (src / "in").mkdir(parents=True)
+    (src / "out").mkdir()
+    (src / "out" / "a").write_bytes(b"linked")
+    os.link(src / "out" / "a", src / "in" / "b")
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+    restore_snapshot(repo, snap, dst, subpath=sub(src), includes=["in/"])
+    assert files_under(dst) == {"in/b": b"linked"}
+
+
+def test_fifos_and_sockets_are_recreated(repo, tmp_path):
+    import socket
+
+    src = tmp_path / "src"
+    src.mkdir()
+    os.mkfifo(src / "fifo", 0o640)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "sock"))
+    sock.close()
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src))
+    assert stat.S_ISFIFO(os.lstat(dst / "fifo").st_mode)
+    assert stat.S_IMODE(os.lstat(dst / "fifo").st_mode) == 0o640
+    assert stat.S_ISSOCK(os.lstat(dst / "sock").st_mode)
+    assert s.others_restored == 2
+
+
+def test_device_nodes_are_only_restored_with_owner_and_warn_otherwise(repo, tmp_path):
+    snap = hostile_snapshot(repo, [{"name": "null", "type": "chardev", "rdev": os.makedev(1, 3),
+                                    "mode": 0o666}])
+    s = restore_snapshot(repo, snap, tmp_path / "no", owner=False)
+    assert not os.path.lexists(tmp_path / "no" / "null")
+    assert len(s.warnings) == 1 and "device" in s.warnings[0]["error"]
+    if os.geteuid() == 0:
+        s = restore_snapshot(repo, snap, tmp_path / "yes")
+        st = os.lstat(tmp_path / "yes" / "null")
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+
+
+# --- selection ----------------------------------------------------------------------------------
+
+
+def test_include_restores_matching_entries_and_their_parents(repo, tmp_path):
+    src = tmp_path / "src"
+    (src / "a" / "b").mkdir(parents=True)
+    (src / "a" / "b" / "keep.txt").write_bytes(b"1")
+    (src / "a" / "drop.bin").write_bytes(b"2")
+    (src / "c").mkdir()
+    (src / "c" / "also.txt").write_bytes(b"3")
+    (src / "c" / "x.bin").write_bytes(b"4")
+    os.utime(src / "a", ns=(7, 7_000_000_000))
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+    restore_snapshot(repo, snap, dst, subpath=sub(src), includes=["*.txt"])
+    assert files_under(dst) == {"a/b/keep.txt": b"1", "c/also.txt": b"3"}
+    assert os.stat(dst / "a").st_mtime_ns == 7_000_000_000  # parents get their metadata
+    dst2 = tmp_path / "dst2"
+    restore_snapshot(repo, snap, dst2, subpath=sub(src), excludes=["*.bin", "/" + str(src)[1:] + "/c"])
+    assert files_under(dst2) == {"a/b/keep.txt": b"1"}
+    assert everything_under(dst2) == {"a", "a/b", "a/b/keep.txt"}
+
+
+def test_include_of_a_directory_restores_everything_below_it(repo, tmp_path):
+    src = tmp_path / "src"
+    (src / "p" / "q").mkdir(parents=True)
+    (src / "p" / "q" / "deep").write_bytes(b"d")
+    (src / "p" / "top").write_bytes(b"t")
+    (src / "other").write_bytes(b"o")
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+    restore_snapshot(repo, snap, dst, subpath=sub(src), includes=["p/"])
+    assert files_under(dst) == {"p/q/deep": b"d", "p/top": b"t"}
+
+
+# --- dump ---------------------------------------------------------------------------------------
+
+
+def test_dump_writes_exact_bytes_with_holes_as_zeros(tmp_path):
+    repo = new_repo(LocalBackend(tmp_path / "repo"))
+    src = tmp_path / "src"
+    src.mkdir()
+    big = rand(300_000, 9)
+    (src / "big").write_bytes(big)
+    with open(src / "sparse", "wb") as f:
+        f.truncate(3 << 20)
+        f.seek(1 << 20)
+        f.write(b"data")
+    (src / "empty").write_bytes(b"")
+    snap = backup(repo, src)
+    out = tmp_path / "out"
+    with open(out, "wb") as f:
+        assert dump_file(repo, snap, sub(src / "big"), f) == len(big)
+    assert out.read_bytes() == big
+    with open(out, "wb") as f:
+        dump_file(repo, snap, sub(src / "sparse"), f)
+    assert out.read_bytes() == (src / "sparse").read_bytes()
+    with open(out, "wb") as f:
+        assert dump_file(repo, snap, sub(src / "empty"), f) == 0
+    with open(out, "wb") as f, pytest.raises(UsageError, match="is a directory"):
+        dump_file(repo, snap, sub(src), f)
+
+
+def test_overwrite_if_changed_replaces_a_file_standing_where_a_directory_belongs(repo, tmp_path):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "inner").write_bytes(b"inside")
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "d").write_bytes(b"a file in the way")
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src))
+    assert s.conflicts == 1 and (dst / "d").read_bytes() == b"a file in the way"
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src), overwrite="if-changed")
+    assert files_under(dst) == {"d/inner": b"inside"} and s.conflicts == 0

@@ -1,0 +1,171 @@
+"""The chunker: streaming equals whole-buffer cutting, sizes, locality, per-repository seeds."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from resurgo.repo.chunker import Chunker
+from resurgo.repo.config import SEED_MASK, RepoConfig, RepoParams
+
+from .helpers import QUICK, SLOWER
+
+PARAMS = RepoParams.tiny_for_tests()  # min 256, avg 2 KiB, max 8 KiB
+seeds = st.integers(1, SEED_MASK)
+
+
+def chunker(seed: int, params: RepoParams = PARAMS) -> Chunker:
+    return Chunker(RepoConfig(id="t", params=params, chunker_seed=seed))
+
+
+def data_from(seed: int, size: int, *, compressible: bool) -> bytes:
+    r = random.Random(seed)
+    if not compressible:
+        return r.randbytes(size)
+    words = [r.randbytes(r.randrange(1, 12)) for _ in range(50)]
+    out = bytearray()
+    while len(out) < size:
+        out += r.choice(words)
+    return bytes(out[:size])
+
+
+sources = st.builds(
+    data_from, st.integers(0, 2**32), st.integers(0, 120_000), compressible=st.booleans()
+)
+
+
+def lengths(chunks: list[memoryview]) -> list[int]:
+    return [len(c) for c in chunks]
+
+
+def cut_pipe(c: Chunker, data: bytes, read_size: int, write_sizes: list[int]) -> list[bytes]:
+    """fd_chunks over a pipe fed in uneven writes (so reads come back short)."""
+    r, w = os.pipe()
+
+    def feed() -> None:
+        pos, i = 0, 0
+        try:
+            while pos < len(data):
+                n = write_sizes[i % len(write_sizes)]
+                os.write(w, data[pos : pos + n])
+                pos += n
+                i += 1
+        finally:
+            os.close(w)
+
+    t = threading.Thread(target=feed)
+    t.start()
+    try:
+        out = [bytes(x) for x in c.fd_chunks(r, read_size=read_size)]
+    finally:
+        t.join()
+        os.close(r)
+    return out
+
+
+@QUICK
+@given(data=sources, seed=seeds, read_size=st.integers(1, 40_000),
+       write_sizes=st.lists(st.integers(1, 9000), min_size=1, max_size=5))
+def test_streaming_a_pipe_cuts_exactly_like_the_whole_buffer(
+    data: bytes, seed: int, read_size: int, write_sizes: list[int]
+) -> None:
+    c = chunker(seed)
+    whole = [bytes(x) for x in c.cut(data)]
+    assert cut_pipe(c, data, read_size, write_sizes) == whole
+
+
+@SLOWER
+@given(data=sources, seed=seeds, read_size=st.integers(1, 70_000))
+def test_streaming_a_file_cuts_exactly_like_the_whole_buffer(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, seed: int, read_size: int
+) -> None:
+    path = tmp_path_factory.mktemp("chunk") / "f"
+    path.write_bytes(data)
+    c = chunker(seed)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        streamed = [bytes(x) for x in c.fd_chunks(fd, read_size=read_size)]
+    finally:
+        os.close(fd)
+    assert streamed == [bytes(x) for x in c.cut(data)]
+
+
+@QUICK
+@given(data=sources, seed=seeds)
+def test_chunks_concatenate_to_the_input_within_size_bounds(data: bytes, seed: int) -> None:
+    chunks = list(chunker(seed).cut(data))
+    assert b"".join(chunks) == data
+    sizes = lengths(chunks)
+    assert all(PARAMS.chunk_min <= n <= PARAMS.chunk_max for n in sizes[:-1])
+    if sizes:
+        assert 0 < sizes[-1] <= PARAMS.chunk_max
+
+
+def test_empty_input_has_no_chunks() -> None:
+    c = chunker(5)
+    assert list(c.cut(b"")) == []
+    r, w = os.pipe()
+    os.close(w)
+    try:
+        assert list(c.fd_chunks(r)) == []
+    finally:
+        os.close(r)
+
+
+def test_mean_chunk_size_is_near_min_plus_avg() -> None:
+    # pyfastcdc's effective average is avg + min (docs/design.md).
+    data = random.Random(3).randbytes(4 << 20)
+    sizes = lengths(list(chunker(77).cut(data)))
+    mean = sum(sizes) / len(sizes)
+    assert 0.7 * (PARAMS.chunk_avg + PARAMS.chunk_min) < mean < 1.4 * (PARAMS.chunk_avg + PARAMS.chunk_min)
+
+
+@SLOWER
+@given(seed=seeds, data_seed=st.integers(0, 2**32), where=st.floats(0, 1),
+       inserted=st.binary(min_size=1, max_size=2000))
+def test_an_insertion_changes_only_nearby_chunks(
+    seed: int, data_seed: int, where: float, inserted: bytes
+) -> None:
+    data = random.Random(data_seed).randbytes(256 * 1024)
+    pos = int(where * len(data))
+    edited = data[:pos] + inserted + data[pos:]
+    c = chunker(seed)
+    before = [bytes(x) for x in c.cut(data)]
+    after = [bytes(x) for x in c.cut(edited)]
+    # Chunks that end before the edit are cut exactly as before.
+    prefix, end = [], 0
+    for ch in before:
+        end += len(ch)
+        if end >= pos:
+            break
+        prefix.append(ch)
+    assert after[: len(prefix)] == prefix
+    # Boundaries resynchronise soon after the edit: only a few chunks differ.
+    new = [ch for ch in after if ch not in set(before)]
+    gone = [ch for ch in before if ch not in set(after)]
+    slack = 4 * PARAMS.chunk_max
+    assert sum(map(len, new)) <= len(inserted) + slack
+    assert sum(map(len, gone)) <= slack
+    assert len(after) - len(new) >= len(before) - 8
+
+
+def test_repositories_with_different_seeds_cut_differently() -> None:
+    data = random.Random(9).randbytes(512 * 1024)
+    cuts = {tuple(lengths(list(chunker(s).cut(data)))) for s in (1, 2, 0x5DEECE66D, SEED_MASK)}
+    assert len(cuts) == 4
+
+
+def test_every_seed_a_new_repository_can_draw_is_accepted() -> None:
+    # pyfastcdc converts the seed to a C uint64 after shifting it left by one.
+    for seed in (1, 2**62, SEED_MASK):
+        assert b"".join(chunker(seed).cut(b"x" * 20_000)) == b"x" * 20_000
+    for _ in range(64):
+        cfg = RepoConfig.new(PARAMS)
+        assert 0 < cfg.chunker_seed <= SEED_MASK
+        assert RepoConfig.from_json(cfg.to_json()) == cfg
+        assert len(list(Chunker(cfg).cut(os.urandom(30_000)))) > 1
