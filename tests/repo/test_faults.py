@@ -9,7 +9,7 @@ from resurgo.backend.faults import FaultyBackend
 from resurgo.backend.memory import MemoryBackend
 from resurgo.backend.wrappers import RetryBackend
 from resurgo.errors import CorruptObject, InjectedFault
-from resurgo.repo import BlobType, KDFParams, Repository, RepoParams
+from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
 from resurgo.repo.verify import CheckReport, check_structure, read_data
 
 from .helpers import PASSWORD, blobs_of, keys_under, new_repo, save_all
