@@ -134,7 +134,13 @@ def prune_run(repo_dir: str, seed: int) -> None:
                         lock=SESSIONS)
     # Mark, then (after the grace period) sweep, while backups come and go.
     for run in range(2):
-        report = prune(repo, opts)
+        from resurgo.progress import RecordingReporter
+        rec = RecordingReporter()
+        try:
+            report = prune(repo, opts, reporter=rec)
+        finally:
+            for e in rec.events:
+                _log("event", e.kind, json.dumps(e.fields, default=str))
         say(event="pruned", run=run, deleted=report.packs_deleted, rescued=report.packs_rescued,
             marked=report.mark_id, waiting=len(report.marks_waiting),
             repacked=report.blobs_repacked, swept=len(report.marks_swept))

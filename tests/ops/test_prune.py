@@ -592,3 +592,25 @@ def test_sessions_and_locks_are_encrypted_and_not_interchangeable(backend, clock
         ExclusiveLock(repo, operation="prune", settings=settings(clock)).acquire()
     info: ObjectInfo = backend.stat(repo.session.key)
     assert info.size == len(raw)
+
+
+def test_one_process_pruning_twice_repacks_its_own_repacked_packs_again(backend, clock):
+    repo = open_repo(backend, clock)
+    keep1, keep2 = rand(50, 1500), rand(51, 1500)
+    a = make_snapshot(repo, {b"k1": keep1, b"k2": keep2, b"drop": rand(52, 40_000)})
+    b = make_snapshot(repo, {b"k1": keep1, b"k2": keep2})
+    c = make_snapshot(repo, {b"k1": keep1})
+    repo.close()
+    clock.advance(60)
+    pruner = open_repo(backend, clock)  # one long-lived process
+    pruner.delete_object(SNAPSHOTS, a)
+    first = prune(pruner, opts(clock, grace=0, max_unused=0.1))
+    assert first.blobs_repacked >= 2
+    second_home = pack_of(open_repo(backend, clock), repo.blob_id(keep1))
+    pruner.delete_object(SNAPSHOTS, b)
+    second = prune(pruner, opts(clock, grace=0, max_unused=0.1))
+    assert second.packs_repack >= 1 and second.blobs_repacked >= 1
+    assert second_home not in packs(backend)
+    fresh = open_repo(backend, clock)
+    assert contents(fresh, c) == {b"k1": keep1}
+    clean(fresh)

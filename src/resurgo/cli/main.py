@@ -31,6 +31,7 @@ from resurgo.cli import (
     cmd_browse,
     cmd_check,
     cmd_copy,
+    cmd_daemon,
     cmd_dump,
     cmd_forget,
     cmd_init,
@@ -39,9 +40,12 @@ from resurgo.cli import (
     cmd_prune,
     cmd_repair,
     cmd_restore,
+    cmd_run,
     cmd_snapshots,
+    cmd_status,
 )
 from resurgo.cli.context import Context
+from resurgo.cli.memory import limit_malloc_arenas
 from resurgo.cli.parsing import add_global_options, exit_codes_epilog
 from resurgo.cli.render import Renderer
 from resurgo.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, ResurgoError
@@ -62,6 +66,9 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (
     cmd_copy,
     cmd_backend,
     cmd_plan,
+    cmd_run,
+    cmd_daemon,
+    cmd_status,
 )
 
 _log = logging.getLogger("resurgo")
@@ -188,6 +195,8 @@ def _isatty(stream: object) -> bool:
 
 
 def entry_point() -> None:
+    # Before any worker thread exists (see cli/memory.py for the measurements).
+    limit_malloc_arenas()
     sys.exit(main())
 
 

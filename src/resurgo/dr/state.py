@@ -465,6 +465,17 @@ class StateDB:
         )
         return self._run(rows[0]) if rows else None
 
+    def run_counts(self, job: str) -> dict[str, int]:
+        """Finished runs of ``job`` by outcome; every outcome of ``OUTCOMES`` is present (0 if none)."""
+        rows = self._query(
+            "SELECT outcome, COUNT(*) FROM runs WHERE job = ? AND outcome IS NOT NULL "
+            "GROUP BY outcome",
+            (job,),
+        )
+        counts = dict.fromkeys(OUTCOMES, 0)
+        counts.update({str(r[0]): int(r[1]) for r in rows})
+        return counts
+
     def runs_between(self, start: float, end: float, job: str | None = None) -> list[RunRecord]:
         """Runs that started in ``[start, end)``, oldest first (all jobs unless ``job``)."""
         sql = f"SELECT {self._RUN_COLUMNS} FROM runs WHERE started >= ? AND started < ?"

@@ -53,7 +53,14 @@ from resurgo.snapshot.store import find_snapshot, list_snapshots, load_tree, sav
 # single large file uses every core; smaller files are saved by their reader.
 PARALLEL_FILE_BYTES = 8 << 20
 MAX_FILES_IN_FLIGHT = 256
-MAX_CHUNKS_IN_FLIGHT = 16
+# Chunks of one large file queued for the savers: enough to keep every saver
+# busy. Each queued chunk is a view that keeps its whole read buffer (up to
+# READ_SIZE plus a carried tail) alive, so more only costs memory.
+CHUNKS_IN_FLIGHT_PER_SAVER = 2
+# Large files read at once. One reader already outpaces the saver pool (reading
+# and cutting run at GB/s, saving at a few hundred MB/s per core); a second
+# one only doubles the read buffers in memory. Small files are not limited.
+MAX_LARGE_FILES_IN_FLIGHT = 1
 
 
 @dataclass
@@ -163,6 +170,7 @@ class _Backup:
         self._readers = ThreadPoolExecutor(opts.read_threads, thread_name_prefix="resurgo-read")
         self._savers = ThreadPoolExecutor(opts.save_threads, thread_name_prefix="resurgo-save")
         self._files_sem = threading.BoundedSemaphore(MAX_FILES_IN_FLIGHT)
+        self._large_sem = threading.BoundedSemaphore(MAX_LARGE_FILES_IN_FLIGHT)
         self._pending_dirs: deque[_DirJob] = deque()
         self._hardlinks: dict[tuple[int, int], Future[Node | None]] = {}
         self._fatal: BaseException | None = None
@@ -204,7 +212,7 @@ class _Backup:
                 total += len(c)
                 ids.append(self.repo.save_blob(BlobType.DATA, c)[0])
             return ids, total
-        sem = threading.BoundedSemaphore(MAX_CHUNKS_IN_FLIGHT)
+        sem = threading.BoundedSemaphore(CHUNKS_IN_FLIGHT_PER_SAVER * self.opts.save_threads + 1)
         futures: list[Future[tuple[bytes, bool]]] = []
 
         def save(c: memoryview) -> tuple[bytes, bool]:
@@ -237,9 +245,17 @@ class _Backup:
             size = before.st_size
             sparse = size > 0 and before.st_blocks * 512 < size
             extents = data_extents(fd, size) if sparse else [(0, size)]
+            large = size >= PARALLEL_FILE_BYTES
             try:
-                chunks = self._extent_chunks(fd, extents) if sparse else self.chunker.fd_chunks(fd)
-                ids, nread = self._save_chunks(chunks, parallel=size >= PARALLEL_FILE_BYTES)
+                if large:
+                    self._large_sem.acquire()
+                try:
+                    chunks = (self._extent_chunks(fd, extents) if sparse
+                              else self.chunker.fd_chunks(fd))
+                    ids, nread = self._save_chunks(chunks, parallel=large)
+                finally:
+                    if large:
+                        self._large_sem.release()
             except OSError as e:
                 raise _SourceProblem(f"read error: {e.strerror or e}")
             after = os.fstat(fd)

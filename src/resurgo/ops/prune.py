@@ -402,6 +402,10 @@ class _Prune:
             rep.bytes_unindexed += info.size
         self.reporter.event("marked", unused=rep.packs_unused, unindexed=rep.packs_unindexed,
                             repack=rep.packs_repack, young=rep.packs_young)
+        self.reporter.event("debug-classify", candidates=sorted(candidates),
+                            repack=[arr.packs[k].hex() for k in repack],
+                            accounted=accounted, indexed=sorted(indexed), infos=sorted(infos),
+                            used=int(used.sum()))
         if opts.dry_run:
             rep.blobs_repacked = int(sum(used_n[k] for k in repack))
             return
@@ -461,6 +465,7 @@ class _Prune:
         sorted_pack = arr.pack[order]
         done: list[str] = []
         before = repo.stats_added["bytes_stored"]
+        index_before = set(repo.index_ids)
         for i, k in enumerate(packs):
             lo, hi = np.searchsorted(sorted_pack, [k, k + 1])
             rows = [int(r) for r in order[lo:hi] if used[r]]
@@ -483,6 +488,24 @@ class _Prune:
             self.reporter.progress(packs_repacked=i + 1, packs_to_repack=len(packs))
         repo.flush()
         rep.bytes_rewritten = repo.stats_added["bytes_stored"] - before
+        # Belt and braces: a pack counts as repacked only if every blob it held
+        # for a snapshot is in the index objects this repack just wrote.
+        copied: set[tuple[int, bytes]] = set()
+        for d in repo.fetch_index_objects(sorted(repo.index_ids - index_before)).values():
+            if isinstance(d, str):
+                continue
+            copied.update((int(t), bytes(i).ljust(32, b"\0"))
+                          for t, i in zip(d.entries["type"], d.entries["id"], strict=True))
+        for k in packs:
+            pack_id = arr.packs[k]
+            if pack_id.hex() not in done:
+                continue
+            lo, hi = np.searchsorted(sorted_pack, [k, k + 1])
+            for r in order[lo:hi]:
+                if used[r] and (int(arr.type[r]), bytes(arr.ids[r]).ljust(32, b"\0")) not in copied:
+                    self.warn(f"pack {pack_id.hex()} kept: a blob it holds was not copied")
+                    done.remove(pack_id.hex())
+                    break
         return done
 
     def _rewrite_index(self, loaded: list[str], leftovers: list[str], dropped: set[str]) -> None:

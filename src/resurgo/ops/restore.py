@@ -76,8 +76,12 @@ OVERWRITE_MODES = ("never", "if-changed", "always")
 # bytes in between are downloaded and thrown away: cheaper than a request).
 MAX_GAP = 1 << 20
 # A ranged get is at most this long (unless one blob is longer): it bounds the
-# memory of each fetch thread. Default packs (32 MiB) fit in one get.
-MAX_RANGE = 40 << 20
+# memory of each fetch thread (its range, plus the blobs decoded from it but
+# not yet written, at most _WRITE_BATCH). Local reads of 8 MiB already run at
+# disk speed; remote gets of 8 MiB amortise their round trip well.
+MAX_RANGE = 8 << 20
+# Decoded blob bytes a fetch thread holds before writing them out.
+_WRITE_BATCH = 4 << 20
 TMP_PREFIX = b".resurgo-tmp-"
 _READ_BLOCK = 4 << 20
 _PROGRESS_EVERY = 0.1  # seconds
@@ -873,7 +877,15 @@ class _Restore:
 
     def _write_range(self, data: memoryview, start: int, locs: list[BlobLocation]) -> None:
         writes: dict[_Entry, list[tuple[_Chunk, memoryview]]] = defaultdict(list)
+        held = 0
         for loc in locs:
+            if held >= _WRITE_BATCH:
+                # Write what is decoded so far: a range of compressible data
+                # can decode to several times its size.
+                for e, items in writes.items():
+                    self._write_file(e, items)
+                writes.clear()
+                held = 0
             env = data[loc.offset - start : loc.offset - start + loc.length]
             try:
                 plain = self.repo.open_blob(loc, env)
@@ -883,6 +895,7 @@ class _Restore:
                 self._blob_damaged(loc.id, str(exc))
                 continue
             mv = memoryview(plain)
+            held += len(plain)
             for e, chunk in self._want[loc.id]:
                 writes[e].append((chunk, mv))
         for e, items in writes.items():

@@ -56,6 +56,9 @@ class Chunker:
                 buf = carry
             else:
                 buf = carry + block if carry else block
+                # Drop the read block now: it would stay alive (a second copy of
+                # up to ``read_size`` bytes) while the chunks below are used.
+                del block
                 # os.read may return short reads on pipes: keep reading until we
                 # hold enough to cut with confidence, or the stream ends.
                 if len(buf) < self.max_size * 2:

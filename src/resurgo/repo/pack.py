@@ -39,31 +39,36 @@ class PackedBlob:
 
 
 class PackWriter:
-    """Accumulates blob envelopes in memory until the pack is finished. Not thread-safe."""
+    """Accumulates blob envelopes in memory until the pack is finished. Not thread-safe.
+
+    Envelopes are appended to one growing buffer (not kept as a list joined at
+    the end), so a finished pack costs its own size in memory once, not twice.
+    """
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []
+        self._buf = bytearray()
         self.size = 0
         self.blobs: list[PackedBlob] = []
 
-    def add(self, blob_type: int, blob_id: bytes, envelope: bytes, raw_length: int) -> None:
-        self.blobs.append(PackedBlob(blob_type, blob_id, self.size, len(envelope), raw_length))
-        self._parts.append(envelope)
-        self.size += len(envelope)
+    def add(self, blob_type: int, blob_id: bytes, envelope: bytes | memoryview, raw_length: int) -> None:
+        n = len(envelope)
+        self.blobs.append(PackedBlob(blob_type, blob_id, self.size, n, raw_length))
+        self._buf += envelope
+        self.size += n
 
     def __len__(self) -> int:
         return len(self.blobs)
 
-    def finish(self, sealer: Sealer) -> tuple[str, bytes, list[PackedBlob]]:
+    def finish(self, sealer: Sealer) -> tuple[str, bytearray, list[PackedBlob]]:
         """(pack ID hex, pack bytes, blobs). The writer must not be used afterwards."""
         plain = bytearray(_COUNT.pack(len(self.blobs)))
         for b in self.blobs:
             plain += _ENTRY.pack(b.type, b.id, b.length, b.raw_length)
         trailer = sealer.seal(Kind.TRAILER, bytes(plain), compress=False)
-        self._parts.append(trailer)
-        self._parts.append(_COUNT.pack(len(trailer)))
-        data = b"".join(self._parts)
-        self._parts = []
+        data = self._buf
+        self._buf = bytearray()
+        data += trailer
+        data += _COUNT.pack(len(trailer))
         if len(data) > MAX_PACK_SIZE:
             raise ValueError("pack too large")
         return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), data, self.blobs

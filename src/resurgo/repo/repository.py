@@ -158,7 +158,6 @@ class Repository:
         self._epoch: float | None = None
         # Packs that left the index between loads made before the session began.
         self._gone_packs: set[bytes] = set()
-        self._repacked: set[tuple[int, bytes]] = set()
         # When to write an index object for uploaded packs (see INDEX_EVERY_PACKS).
         self.index_every_packs = INDEX_EVERY_PACKS
         self.index_every_seconds = INDEX_EVERY_SECONDS
@@ -501,7 +500,7 @@ class Repository:
         try:
             try:
                 pack_hex, data, blobs = packer.finish(self._sealer)
-                self.backend.put(layout.pack(pack_hex), data)
+                self.backend.put(layout.pack(pack_hex), memoryview(data))
             except BaseException:
                 # The blobs were never stored: forget them, or a later save of
                 # the same data would be skipped as "pending" and never written.
@@ -869,22 +868,21 @@ class Repository:
         """Store a new copy of a blob the index already has (prune's repack).
 
         The copy takes the normal write path: packed, uploaded, then indexed by
-        ``flush``. Returns False if this process already stored a copy.
+        ``flush``. Returns False if a copy is already pending in this process
+        (``flush`` stores it).
         """
         self._writer_session()
         key = (blob_type, blob_id)
         with self._lock:
-            if key in self._pending or key in self._repacked:
+            if key in self._pending:
                 return False
             self._pending.add(key)
-            self._repacked.add(key)
         try:
             env = self._sealer.seal(_BLOB_KIND[BlobType(blob_type)], data,
                                     blob_context(blob_type, blob_id))
         except BaseException:
             with self._lock:
                 self._pending.discard(key)
-                self._repacked.discard(key)
             raise
         finished: PackWriter | None = None
         with self._lock:

@@ -1,0 +1,90 @@
+"""Bounded memory in the hot paths: restore writes in batches, one large file is read at a time."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from resurgo.backend.memory import MemoryBackend
+from resurgo.ops import backup as backup_mod
+from resurgo.ops import restore as restore_mod
+from resurgo.ops.backup import backup_paths
+from resurgo.ops.restore import restore_snapshot
+from resurgo.repo import KDFParams, RepoParams, Repository
+from resurgo.snapshot.store import find_snapshot
+
+
+def new_repo() -> Repository:
+    params = RepoParams(pack_size=1 << 20, chunk_min=256, chunk_avg=2048, chunk_max=8192)
+    return Repository.init(MemoryBackend(), "pw", params=params, kdf=KDFParams.weak_for_tests())
+
+
+def test_a_range_decoding_to_more_than_a_write_batch_is_written_in_batches_and_restores_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = new_repo()
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(3)
+    # Compressible text (decodes to more than it stores) and random bytes.
+    text = b"".join(b"line %d of the log, all alike\n" % i for i in range(8000))
+    (src / "log").write_bytes(text)
+    (src / "rand").write_bytes(rng.randbytes(150_000))
+    s = backup_paths(repo, [src])
+    snap = find_snapshot(repo, s.snapshot_id or "")
+    monkeypatch.setattr(restore_mod, "_WRITE_BATCH", 16 << 10)
+    calls: list[int] = []
+    real = restore_mod._Restore._write_file
+
+    def spy(self: restore_mod._Restore, e: object, items: list) -> None:
+        calls.append(sum(len(plain) for _chunk, plain in items))
+        real(self, e, items)
+
+    monkeypatch.setattr(restore_mod._Restore, "_write_file", spy)
+    restore_snapshot(repo, snap, tmp_path / "dst", subpath=bytes(src))
+    assert (tmp_path / "dst" / "log").read_bytes() == text
+    assert (tmp_path / "dst" / "rand").read_bytes() == (src / "rand").read_bytes()
+    # Both files share one pack and one ranged get, yet were written in many
+    # batches of about the batch size (one blob may overshoot it).
+    assert len(calls) > 10
+    assert max(calls) <= (16 << 10) + 8192
+
+
+def test_large_files_are_read_one_at_a_time_and_back_up_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = new_repo()
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(5)
+    contents = {f"big{i}": rng.randbytes(200_000) for i in range(4)}
+    for name, data in contents.items():
+        (src / name).write_bytes(data)
+    monkeypatch.setattr(backup_mod, "PARALLEL_FILE_BYTES", 100_000)
+    active = 0
+    most = 0
+    lock = threading.Lock()
+    real = backup_mod._Backup._save_chunks
+
+    def spy(self: backup_mod._Backup, chunks, parallel: bool):
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+        try:
+            return real(self, chunks, parallel)
+        finally:
+            with lock:
+                active -= 1
+
+    monkeypatch.setattr(backup_mod._Backup, "_save_chunks", spy)
+    s = backup_paths(repo, [src], backup_mod.BackupOptions(read_threads=4))
+    assert s.files_new == 4 and not s.warnings
+    assert most == 1
+    snap = find_snapshot(repo, s.snapshot_id or "")
+    restore_snapshot(repo, snap, tmp_path / "dst", subpath=bytes(src))
+    for name, data in contents.items():
+        assert (tmp_path / "dst" / name).read_bytes() == data
