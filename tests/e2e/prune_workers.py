@@ -5,6 +5,9 @@ Run as ``python prune_workers.py backup REPO WORK WORKER ROUND SEED`` or
 flushed at once, so that a worker killed with SIGKILL has already told the
 test everything it did: a backup prints its snapshot only once saved, a prune
 prints each snapshot ID *before* forgetting it.
+
+With ``PRUNE_DEBUG_DIR`` set, every write is logged to ``<dir>/log`` and every
+deleted pack is kept in ``<dir>/grave`` (for post-mortems of a failed run).
 """
 
 from __future__ import annotations

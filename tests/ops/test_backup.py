@@ -337,3 +337,24 @@ def test_one_file_system_does_not_enter_other_mounts(tmp_path):
         assert rel(mnt / "there") in names
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_stream_command_past_its_timeout_is_killed_with_its_children(repo, tmp_path):
+    marker = tmp_path / "child-survived"
+    script = f"(sleep 3; touch {marker}) & echo partial; sleep 30"
+    with pytest.raises(SourceError, match="timed out after 0.5s"):
+        backup_stream(repo, "dump.sql", command=["sh", "-c", script], timeout=0.5)
+    assert repo.list_objects("snapshots") == []
+    import time as _time
+
+    _time.sleep(3.5)
+    assert not marker.exists()  # the whole process group was ended
+
+
+def test_stop_request_ends_a_stream_command_without_a_snapshot(repo):
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    with pytest.raises(Interrupted):
+        backup_stream(repo, "dump.sql", command=["sh", "-c", "echo partial; sleep 30"],
+                      should_stop=stop.is_set)
+    assert repo.list_objects("snapshots") == []

@@ -22,12 +22,12 @@ PASSWORD = "correct horse"
 # Every property test uses one of these, so the whole tests/repo run stays
 # well within its time budget on two cores.
 QUICK = settings(
-    max_examples=60,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 SLOWER = settings(
-    max_examples=20,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

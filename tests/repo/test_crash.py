@@ -53,7 +53,8 @@ def test_writer_failing_to_write_its_index_leaves_unused_packs_not_damage() -> N
     new_repo(inner)
     dying = FailPutsUnder(inner, "index/")
     writer = Repository.open(dying, PASSWORD)
-    data = blobs_of(30, 150)  # ~5 packs: fewer than INDEX_EVERY_PACKS
+    writer.index_every_packs = 10**6  # only flush() writes the index: it fails there
+    data = blobs_of(30, 150)  # ~5 packs
     save_all(writer, data)
     with pytest.raises(InjectedFault):
         writer.flush()
@@ -95,6 +96,8 @@ from resurgo.repo import BlobType, Repository
 root, password, mode, seed, count = sys.argv[1:6]
 repo = Repository.open(LocalBackend(root), password)
 r = random.Random(int(seed))
+if mode == "packs-then-wait":
+    repo.index_every_packs = 10**6  # upload packs, index nothing until flush
 
 def blob():
     return r.randbytes(r.randrange(1500, 3000))  # as tests/repo/helpers.blobs_of

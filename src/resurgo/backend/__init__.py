@@ -76,6 +76,8 @@ class layout:  # a namespace of key-naming rules, not a class to instantiate
     index/<id>             index objects
     data/<2 hex>/<id>      packs, fanned out by the first byte of their ID
     locks/<id>             lock objects (used by maintenance operations)
+    sessions/<id>          writer sessions: one per process writing (heartbeats)
+    prune/<id>             prune marks: packs set aside for deletion
     """
 
     CONFIG = "config"
@@ -84,6 +86,8 @@ class layout:  # a namespace of key-naming rules, not a class to instantiate
     INDEX = "index/"
     DATA = "data/"
     LOCKS = "locks/"
+    SESSIONS = "sessions/"
+    PRUNE = "prune/"
 
     @staticmethod
     def pack(pack_id_hex: str) -> str:

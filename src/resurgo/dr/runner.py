@@ -47,8 +47,6 @@ environment the caller passes in ``hook_env``.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import socket
 import threading
 from collections.abc import Mapping
@@ -98,12 +96,6 @@ from resurgo.snapshot.store import list_snapshots
 __all__ = ["JobRunner", "RunFailed", "StepReporter"]
 
 _log = logging.getLogger(__name__)
-
-# A command source with a timeout runs under coreutils timeout(1): it signals the
-# command's whole process group, then SIGKILLs it this long after.
-_TIMEOUT_KILL_AFTER = "5s"
-_TIMEOUT_STATUSES = (124, 137)
-
 
 class RunFailed(ResurgoError):
     """A step of a run failed; the message names the step and the repository."""
@@ -337,28 +329,13 @@ class JobRunner:
         for source in job.commands:
             self._check_stop()
             self._step(run, "command", repository=job.primary, source=source.name)
-            command = list(source.command)
-            timed = False
-            if source.timeout is not None:
-                wrapper = shutil.which("timeout",
-                                       path=(self.hook_env or {}).get("PATH", os.defpath))
-                if wrapper is None:
-                    run.warnings.append(f"command source {source.name}: its timeout is not "
-                                        "enforced: timeout(1) was not found on PATH")
-                else:
-                    command = [wrapper, f"--kill-after={_TIMEOUT_KILL_AFTER}",
-                               f"{source.timeout:g}s", *command]
-                    timed = True
             try:
-                s = backup_stream(primary, source.name, command=command,
+                s = backup_stream(primary, source.name, command=list(source.command),
                                   opts=self._options(job),
-                                  reporter=StepReporter(self.reporter, job.name, "command"))
+                                  reporter=StepReporter(self.reporter, job.name, "command"),
+                                  timeout=source.timeout, should_stop=self.stop.is_set)
             except SourceError as e:
-                text = str(e)
-                if timed and any(f"exit status {c};" in text for c in _TIMEOUT_STATUSES):
-                    raise SourceError(f"command source {source.name} timed out after "
-                                      f"{source.timeout:g}s; no snapshot was written") from e
-                raise SourceError(f"command source {source.name}: {text}") from e
+                raise SourceError(f"command source {source.name}: {e}") from e
             self._record_backup(run, f"{job.primary}:{source.name}", s)
 
     # -- copy ---------------------------------------------------------------------------

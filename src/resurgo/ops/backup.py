@@ -671,6 +671,60 @@ def keep_uploaded(repo: Repository, exc: BaseException) -> None:
         exc.add_note(f"the packs uploaded before the interrupt could not be indexed: {err}")
 
 
+class _StreamWatcher(threading.Thread):
+    """Ends a stream command's process group on timeout or on a stop request.
+
+    Reading the command's output blocks, so the checks run in their own thread;
+    ending the group closes the pipe and the reader sees the end of the stream.
+    """
+
+    GRACE = 5.0
+
+    def __init__(self, proc: subprocess.Popen[bytes], timeout: float | None,
+                 should_stop: Callable[[], bool]) -> None:
+        super().__init__(name="resurgo-stream-watch", daemon=True)
+        self.proc = proc
+        self.deadline = time.monotonic() + timeout if timeout is not None else None
+        self.should_stop = should_stop
+        self.timed_out = False
+        self.stopped = False
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.1):
+            if self.proc.poll() is not None:
+                return
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self.timed_out = True
+                self.end_group()
+                return
+            if self.should_stop():
+                self.stopped = True
+                self.end_group()
+                return
+
+    def end_group(self) -> None:
+        import signal
+
+        for sig, wait in ((signal.SIGTERM, self.GRACE), (signal.SIGKILL, None)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                return
+            if wait is None:
+                return
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def finish(self) -> None:
+        self._done.set()
+        if self.is_alive():
+            self.join()
+
+
 def _username() -> str:
     try:
         return getpass.getuser()
@@ -686,12 +740,17 @@ def backup_stream(
     command: Sequence[str] | None = None,
     opts: BackupOptions | None = None,
     reporter: Reporter = NULL,
+    timeout: float | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> BackupSummary:
     """Back up one stream (stdin, or a command's stdout) as the file ``/name``.
 
     With ``command``, its exit status is checked after the stream ends: a
     failed command raises SourceError and no snapshot is written, so a broken
-    database dump never looks like a good backup.
+    database dump never looks like a good backup. The command runs in its own
+    process group; ``timeout`` (seconds) and ``should_stop`` end the whole group
+    (SIGTERM, then SIGKILL after a grace period), so a dump pipeline cannot
+    outlive the backup.
     """
     opts = opts or BackupOptions()
     if not name or "/" in name or name in (".", ".."):
@@ -702,13 +761,19 @@ def backup_stream(
     started = time.time()
     before = dict(repo.stats_added)
     proc: subprocess.Popen[bytes] | None = None
+    watcher: _StreamWatcher | None = None
     if command is not None:
         try:
-            proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                list(command), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except OSError as e:
             raise SourceError(f"cannot run {command[0]!r}: {e.strerror or e}")
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
+        watcher = _StreamWatcher(proc, timeout, should_stop)
+        watcher.start()
     assert fd is not None
     chunker = repo.chunker()
     ids: list[bytes] = []
@@ -718,7 +783,11 @@ def backup_stream(
             total += len(c)
             ids.append(repo.save_blob(BlobType.DATA, c)[0])
             reporter.progress(bytes_done=total)
+            if should_stop():
+                raise Interrupted("backup interrupted; no snapshot was written")
     except BaseException as exc:
+        if watcher is not None:
+            watcher.end_group()
         if _is_interrupt(exc):
             keep_uploaded(repo, exc)
         raise
@@ -727,6 +796,17 @@ def backup_stream(
             assert proc.stdout is not None
             proc.stdout.close()
             rc = proc.wait()
+        if watcher is not None:
+            watcher.finish()
+    if watcher is not None and watcher.stopped:
+        stop = Interrupted("backup interrupted; the command was stopped and no snapshot was written")
+        keep_uploaded(repo, stop)
+        raise stop
+    if watcher is not None and watcher.timed_out:
+        raise SourceError(
+            f"command {' '.join(command or [])!r} timed out after {timeout:g}s; "
+            "no snapshot was written"
+        )
     if proc is not None and rc != 0:
         raise SourceError(
             f"command {' '.join(command or [])!r} failed with exit status {rc}; no snapshot was written"

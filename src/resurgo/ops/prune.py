@@ -402,10 +402,6 @@ class _Prune:
             rep.bytes_unindexed += info.size
         self.reporter.event("marked", unused=rep.packs_unused, unindexed=rep.packs_unindexed,
                             repack=rep.packs_repack, young=rep.packs_young)
-        self.reporter.event("debug-classify", candidates=sorted(candidates),
-                            repack=[arr.packs[k].hex() for k in repack],
-                            accounted=accounted, indexed=sorted(indexed), infos=sorted(infos),
-                            used=int(used.sum()))
         if opts.dry_run:
             rep.blobs_repacked = int(sum(used_n[k] for k in repack))
             return

@@ -22,7 +22,7 @@ from resurgo.backend import ObjectInfo, layout
 from resurgo.errors import ObjectNotFound, ResurgoError
 from resurgo.repo.sessions import ControlStore
 
-PRUNE = "prune/"
+PRUNE = layout.PRUNE
 MARK_VERSION = 1
 MARKED = "marked"
 SWEEPING = "sweeping"

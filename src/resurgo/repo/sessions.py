@@ -29,7 +29,6 @@ import secrets
 import socket
 import threading
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,7 +36,7 @@ from resurgo.backend import ObjectInfo, layout
 from resurgo.errors import EXIT_FAILURE, BackendError, ObjectNotFound, ResurgoError
 from resurgo.repo.clock import SYSTEM_CLOCK, Clock
 
-SESSIONS = "sessions/"
+SESSIONS = layout.SESSIONS
 SESSION_VERSION = 1
 
 
@@ -272,7 +271,3 @@ def _refresh_loop(ref: weakref.ref[WriterSession], stop: threading.Event, interv
             return
         del session
 
-
-def session_keys(store: ControlStore) -> Iterator[str]:
-    for info in store.backend.list(SESSIONS):
-        yield layout.name_of(info.key)
