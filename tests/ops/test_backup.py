@@ -342,7 +342,7 @@ def test_one_file_system_does_not_enter_other_mounts(tmp_path):
 def test_stream_command_past_its_timeout_is_killed_with_its_children(repo, tmp_path):
     marker = tmp_path / "child-survived"
     script = f"(sleep 3; touch {marker}) & echo partial; sleep 30"
-    with pytest.raises(SourceError, match="timed out after 0.5s"):
+    with pytest.raises(SourceError, match=r"timed out after 0\.5s"):
         backup_stream(repo, "dump.sql", command=["sh", "-c", script], timeout=0.5)
     assert repo.list_objects("snapshots") == []
     import time as _time
