@@ -25,8 +25,9 @@ import resource
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from resurgo.backend import ObjectInfo, layout
 from resurgo.errors import ObjectExists, ObjectNotFound
 from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
+from resurgo.repo.crypto import Kind
 
 MiB = 1 << 20
 FILE_SIZE = 64 * MiB
@@ -87,6 +89,30 @@ class NullPackBackend:
 
     def close(self) -> None:
         pass
+
+
+def status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM (Linux 4.0+), so each run's peak memory is its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def limit_arenas(arenas: int) -> bool:
+    """glibc M_ARENA_MAX, as the CLI sets it at start (resurgo.cli.memory)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    return bool(name) and ctypes.CDLL(name).mallopt(-8, arenas) == 1
 
 
 def tune_malloc() -> bool:
@@ -147,7 +173,7 @@ def wait_idle(limit: float, quiet: float = 0.05) -> None:
             return
 
 
-def run(data: bytes, threads: int) -> dict[str, float]:
+def run(data: bytes, threads: int) -> dict[str, Any]:
     backend = NullPackBackend()
     repo = Repository.init(backend, "bench", params=RepoParams(), kdf=KDFParams.weak_for_tests())
     chunker_per_thread = threading.local()
@@ -168,6 +194,8 @@ def run(data: bytes, threads: int) -> dict[str, float]:
         except BaseException as e:
             errors.append(e)
 
+    reset_peak_rss()
+    rss0 = status_kib("VmRSS")
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     busy0 = busy_seconds()
     t0 = time.perf_counter()
@@ -194,6 +222,8 @@ def run(data: bytes, threads: int) -> dict[str, float]:
         # CPU used by other processes meanwhile: a disturbed measurement.
         "other_cpu_seconds": max(0.0, (busy1 - busy0) - cpu),
         "stored_ratio": backend.pack_bytes / len(data),
+        # Memory the run needed above what the process held before it.
+        "peak_extra_mib": (status_kib("VmHWM") - rss0) / 1024,
         "blobs": repo.stats_added["blobs"],
         "packs": backend.packs,
     }
@@ -212,7 +242,7 @@ def stages(data: bytes) -> dict[str, float]:
     nonce = os.urandom(12)
     out: dict[str, float] = {}
 
-    def timed(name: str, fn) -> None:  # type: ignore[no-untyped-def]
+    def timed(name: str, fn: Callable[[], object]) -> None:
         t0 = time.perf_counter()
         fn()
         out[name] = len(data) / (time.perf_counter() - t0) / 1e6
@@ -221,7 +251,7 @@ def stages(data: bytes) -> dict[str, float]:
     timed("blob ID (keyed BLAKE3)", lambda: [repo.blob_id(c) for c in chunks])
     timed("zstd -3 compress", lambda: [zstandard.ZstdCompressor(level=3).compress(c) for c in chunks])
     timed("AES-256-GCM encrypt", lambda: [aead.encrypt(nonce, c, b"x" * 33) for c in chunks])
-    timed("seal (compress+encrypt)", lambda: [repo.sealer().seal(0, c, b"x" * 33) for c in chunks])  # type: ignore[arg-type]
+    timed("seal (compress+encrypt)", lambda: [repo.sealer().seal(Kind.DATA, c, b"x" * 33) for c in chunks])
     timed("pack join + BLAKE3 name", lambda: blake3.blake3(b"".join(chunks), max_threads=blake3.blake3.AUTO).digest())
     return out
 
@@ -250,9 +280,13 @@ def main() -> None:
                     help="before each run, wait up to this long for the machine to be idle, and "
                          "repeat a run (up to --attempts times) that other processes disturbed")
     ap.add_argument("--attempts", type=int, default=3)
+    ap.add_argument("--arenas", type=int, default=0,
+                    help="cap glibc malloc arenas first, as the CLI does (it uses 1)")
     ap.add_argument("--tune-malloc", action="store_true",
                     help="raise glibc's mmap/trim thresholds first (see tune_malloc)")
     args = ap.parse_args()
+    if args.arenas and not limit_arenas(args.arenas):
+        sys.exit("mallopt(M_ARENA_MAX) failed")
     if args.tune_malloc and not tune_malloc():
         sys.exit("mallopt failed")
     size = args.size_mib * MiB
@@ -263,7 +297,7 @@ def main() -> None:
             continue
         data = make(size, 1)
         for n in (int(x) for x in args.threads.split(",")):
-            best: dict[str, float] | None = None
+            best: dict[str, Any] | None = None
             for _ in range(max(1, args.attempts) if args.wait_idle else 1):
                 if args.wait_idle:
                     wait_idle(args.wait_idle)
@@ -278,18 +312,21 @@ def main() -> None:
             stage_results[name] = stages(data[: min(size, 256 * MiB)])
         del data
     if args.json:
-        print(json.dumps({"machine": machine(), "malloc_tuned": args.tune_malloc, "runs": results,
+        print(json.dumps({"machine": machine(), "malloc_tuned": args.tune_malloc,
+                          "arenas": args.arenas, "runs": results,
                           "stages": stage_results}, indent=1))
         return
     m = machine()
     print(f"machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, {m['date']}; "
-          f"malloc {'tuned' if args.tune_malloc else 'glibc defaults'}\n")
-    print("| data | threads | MB/s | MiB/s | seconds | cores busy | other CPU s | stored/input | blobs | packs |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f"malloc {'tuned' if args.tune_malloc else 'glibc defaults'}"
+          f"{f', {args.arenas} arena(s)' if args.arenas else ''}\n")
+    print("| data | threads | MB/s | MiB/s | seconds | cores busy | other CPU s | stored/input | "
+          "peak extra MiB | blobs | packs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['data']} | {r['threads']} | {r['MB_per_s']:.0f} | {r['MiB_per_s']:.0f} | "
               f"{r['seconds']:.2f} | {r['cores_busy']:.2f} | {r['other_cpu_seconds']:.2f} | "
-              f"{r['stored_ratio']:.3f} | {r['blobs']} | {r['packs']} |")
+              f"{r['stored_ratio']:.3f} | {r['peak_extra_mib']:.0f} | {r['blobs']} | {r['packs']} |")
     for name, st in stage_results.items():
         print(f"\nsingle-thread stages, {name} data (MB/s):\n")
         print("| stage | MB/s |\n|---|---|")

@@ -5,7 +5,10 @@ their repositories have the same shape: ``--snapshots`` snapshots of
 ``--files`` small files (one blob each) spread over ``--dirs`` directories,
 ``--new-per-round`` of which get new content before every snapshot, so the
 repository holds ``files + (snapshots - 1) * new_per_round`` distinct data
-blobs (1,010,000 with the defaults) plus the trees. Then both forget all but
+blobs (1,010,000 with the defaults) plus the trees. ``--pattern window``
+replaces the oldest content each round (whole packs become unused);
+``--pattern random`` replaces random files (old packs become partly unused,
+so prune repacks). Then both forget all but
 the newest ``--keep`` snapshots and prune, with the same ``--max-unused``;
 each prune runs in its own process under GNU time, after the page cache is
 dropped, for its wall time and peak resident memory.
@@ -82,17 +85,24 @@ class Data:
         rng = random.Random(round_ * 10_000_019 + i)
         self.path(i).write_bytes(rng.randbytes(self.size))
 
-    def round(self, r: int, new_per_round: int) -> None:
+    def round(self, r: int, new_per_round: int, pattern: str) -> None:
         if r == 0:
             for d in range(self.dirs):
                 (self.root / f"d{d:03d}").mkdir(parents=True, exist_ok=True)
             for i in range(self.files):
                 self.write(i, 0)
             return
-        # A window that moves through the files: each round replaces the oldest content.
-        start = ((r - 1) * new_per_round) % self.files
-        for j in range(new_per_round):
-            self.write((start + j) % self.files, r)
+        if pattern == "window":
+            # A window that moves through the files: each round replaces the
+            # oldest content, so whole packs fall out of use together.
+            start = ((r - 1) * new_per_round) % self.files
+            chosen = [(start + j) % self.files for j in range(new_per_round)]
+        else:
+            # Random files: content lives for a random number of rounds, so old
+            # packs end up partly used and prune has to repack them.
+            chosen = random.Random(r).sample(range(self.files), new_per_round)
+        for i in chosen:
+            self.write(i, r)
 
 
 def build(args: argparse.Namespace, work: Path, tools: list[str]) -> dict[str, Any]:
@@ -116,7 +126,7 @@ def build(args: argparse.Namespace, work: Path, tools: list[str]) -> dict[str, A
                        check=True)
     spent = {"resurgo": 0.0, "restic": 0.0}
     for r in range(args.snapshots):
-        data.round(r, args.new_per_round)
+        data.round(r, args.new_per_round, args.pattern)
         if repo is not None:
             t = time.monotonic()
             backup_paths(repo, [src], BackupOptions(hostname="bench"))
@@ -150,6 +160,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=200, help="bytes per file (incompressible)")
     ap.add_argument("--keep", type=int, default=50, help="forget all but the newest KEEP")
     ap.add_argument("--max-unused", default="10%")
+    ap.add_argument("--pattern", choices=["window", "random"], default="window",
+                    help="which files change each round (random: partly used packs, repacking)")
     ap.add_argument("--tools", default="resurgo,restic")
     ap.add_argument("--reuse", action="store_true", help="prune repositories built earlier")
     args = ap.parse_args()
@@ -160,7 +172,7 @@ def main() -> None:
         "date": stamp, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                    "python": platform.python_version()},
         "shape": {k: getattr(args, k) for k in ("snapshots", "files", "new_per_round", "dirs",
-                                                 "size", "keep", "max_unused")},
+                                                 "size", "keep", "max_unused", "pattern")},
     }
     env = dict(os.environ, RESTIC_PASSWORD=PASSWORD, RESTIC_CACHE_DIR=str(work / "restic-cache"),
                RESURGO_PASSWORD=PASSWORD, PYTHONPATH=str(ROOT / "src"))

@@ -614,3 +614,53 @@ def test_one_process_pruning_twice_repacks_its_own_repacked_packs_again(backend,
     fresh = open_repo(backend, clock)
     assert contents(fresh, c) == {b"k1": keep1}
     clean(fresh)
+
+
+def test_blob_reused_from_a_pack_a_crashed_prune_left_unmarked_is_rescued(
+        backend, clock, two_snapshots):
+    a_only = two_snapshots.a_only
+    blob = next(iter(a_only))
+    victim = pack_of(two_snapshots.repo, blob)
+    writer = open_repo(backend, clock)
+    writer.save_blob(BlobType.DATA, b"started before the crash")
+
+    class NoMarks:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def put(self, key, data, *, create_only=False):
+            if key.startswith("prune/"):
+                raise InjectedFault("killed before the mark")
+            self.inner.put(key, data, create_only=create_only)
+
+    with pytest.raises(InjectedFault):
+        prune(open_repo(NoMarks(backend), clock), opts(clock, grace=0))
+    # The victim left the index, and no mark names it.
+    assert not open_repo(backend, clock).has_blob(BlobType.DATA, blob)
+    node = save_file(writer, b"a-again", rand(2, 30_000))  # deduplicates against the orphan
+    tree = writer.save_blob(BlobType.TREE, encode_tree([node]))[0]
+    writer.flush()
+    w_snap = save_snapshot(writer, Snapshot(time_ns=time.time_ns(), tree=tree, paths=["/w"]))
+    writer.close()
+    clock.advance(STALE + 1)  # the crashed prune's session goes stale
+    r = run_prune(backend, clock, grace=0)
+    assert r.packs_rescued >= 1
+    assert victim in packs(backend)
+    fresh = open_repo(backend, clock)
+    assert contents(fresh, w_snap) == {b"a-again": rand(2, 30_000)}
+    clean(fresh)
+
+
+def test_a_long_lived_process_starts_afresh_with_end_session(backend, clock, two_snapshots):
+    daemon = open_repo(backend, clock)  # its index still lists A's packs
+    run_prune(backend, clock, grace=0)  # ... which are swept now
+    daemon.load_index()  # reloading alone cannot vouch for decisions taken before
+    with pytest.raises(SessionLost):
+        daemon.save_blob(BlobType.DATA, b"next job")
+    daemon.end_session()  # the next job relies only on what it loads from now on
+    daemon.save_blob(BlobType.DATA, b"next job")
+    daemon.flush()
+    assert daemon.session is not None and not daemon.session.fenced

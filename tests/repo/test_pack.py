@@ -24,12 +24,12 @@ blob_specs = st.lists(
 def build(specs: list[tuple[int, bytes, bytes]]) -> tuple[str, bytes, list[bytes]]:
     w = PackWriter()
     envs = []
-    for t, bid, data in specs:
-        env = SEALER.seal(Kind(t), data, bytes([t]) + bid)
+    for t, bid, plain in specs:
+        env = SEALER.seal(Kind(t), plain, bytes([t]) + bid)
         envs.append(env)
-        w.add(t, bid, env, len(data))
+        w.add(t, bid, env, len(plain))
     pack_id, data, _ = w.finish(SEALER)
-    return pack_id, data, envs
+    return pack_id, bytes(data), envs
 
 
 def trailer_of(data: bytes) -> bytes:

@@ -136,6 +136,7 @@ class _Prune:
         self.clock: Clock = (opts.lock or repo.session_settings).clock
         self.report = PruneReport(dry_run=opts.dry_run)
         self.accounted: list[str] = []
+        self.rescued_in_mark: set[str] = set()
         self.host, self.pid = socket.gethostname(), os.getpid()
 
     def warn(self, message: str) -> None:
@@ -271,8 +272,11 @@ class _Prune:
         new = [sid for sid in snapshot_ids if sid not in accounted]
         if not new:
             return True
-        marks, _ = list_marks(self.repo)
-        pending = _Candidates(self, {p for m in marks for p in m.candidates} | set(candidates))
+        # Any pack out of the index may hold what a new snapshot needs: this
+        # mark's candidates, other marks', and packs orphaned by a crashed prune.
+        indexed = {p.hex() for p in self.repo.index.pack_ids()}
+        pending = _Candidates(self, {layout.name_of(o.key) for o in
+                                     self.repo.backend.list(layout.DATA)} - indexed)
         try:
             walker = self._walk(self.repo.index.arrays(), new, pending)
         except ResurgoError as e:
@@ -333,8 +337,10 @@ class _Prune:
         live, unreadable = self._sessions()
         marks, _ = list_marks(repo)
         already = {p for m in marks for p in m.candidates}
-        accounted, walker = self._walk_snapshots(arr, snapshot_ids, already)
         infos = {layout.name_of(o.key): o for o in repo.backend.list(layout.DATA)}
+        in_index = {p.hex() for p in repo.index.pack_ids()}
+        accounted, walker = self._walk_snapshots(arr, snapshot_ids, set(infos) - in_index)
+        already |= self.rescued_in_mark  # indexed again just now: not garbage
 
         # A pack written after the oldest running writer began may hold data
         # of a snapshot not saved yet: leave it for a later prune.
@@ -424,9 +430,10 @@ class _Prune:
                         ) -> tuple[list[str], UsageWalker]:
         """Used rows for every snapshot; refuses (``IntegrityError``) on damage.
 
-        Blobs found only in packs of earlier marks (a snapshot saved since such a
-        mark deduplicated against them) are not damage: those packs get an index
-        object again (a rescue), so their mark's sweep keeps them.
+        Blobs found only in packs out of the index (an earlier mark's candidates,
+        or packs a crashed prune left unmarked: a snapshot saved since
+        deduplicated against them) are not damage: those packs get an index
+        object again (a rescue), so a sweep keeps them.
         """
         pending = _Candidates(self, pending_packs)
         try:
@@ -447,6 +454,7 @@ class _Prune:
         if not self.opts.dry_run:
             for pack_hex in sorted(pending.rescued):
                 pending.reindex(pack_hex)
+        self.rescued_in_mark = set(pending.rescued)
         self.report.snapshots = len(self.accounted)
         self.report.trees = walker.trees
         return list(self.accounted), walker

@@ -827,13 +827,14 @@ class Repository:
             s.end()
 
     def end_session(self) -> None:
-        """End this process's writer session and reload the index.
+        """End this process's writer session and reload the index: a fresh start.
 
         For long-lived processes between jobs: prune waits for sessions that
-        began before its mark, so a process that keeps writing for days should
-        end its session after each snapshot. The index is reloaded so the next
-        write starts a new session on a fresh view. Pending blobs must have
-        been flushed.
+        began before its mark, and a writer's first write checks everything
+        pruned since its first index load, so a process that keeps a
+        repository open for days should call this after each job (and before
+        the next one, even if the last one only read). The next write starts a
+        new session on the fresh view. Pending blobs must have been flushed.
         """
         with self._lock:
             if self._pending or self._unindexed or any(len(p) for p in self._packers.values()):
@@ -841,6 +842,7 @@ class Repository:
         self._end_session()
         with self._lock:
             self._epoch = None
+            self._gone_packs.clear()
         self.load_index()
 
     # ------------------------------------------------------------ control objects
