@@ -41,19 +41,22 @@ class PackedBlob:
 class PackWriter:
     """Accumulates blob envelopes in memory until the pack is finished. Not thread-safe.
 
-    Envelopes are appended to one growing buffer (not kept as a list joined at
-    the end), so a finished pack costs its own size in memory once, not twice.
+    ``add`` only keeps a reference to the envelope: it runs under the
+    repository's lock, so copying a megabyte there would serialise the writer
+    threads. ``finish`` (outside that lock) copies the envelopes into one
+    buffer of the pack's exact size, dropping each envelope once copied, so a
+    finished pack costs its own size in memory once, not twice.
     """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._parts: list[bytes | None] = []
         self.size = 0
         self.blobs: list[PackedBlob] = []
 
     def add(self, blob_type: int, blob_id: bytes, envelope: bytes | memoryview, raw_length: int) -> None:
         n = len(envelope)
         self.blobs.append(PackedBlob(blob_type, blob_id, self.size, n, raw_length))
-        self._buf += envelope
+        self._parts.append(envelope if isinstance(envelope, bytes) else bytes(envelope))
         self.size += n
 
     def __len__(self) -> int:
@@ -65,12 +68,20 @@ class PackWriter:
         for b in self.blobs:
             plain += _ENTRY.pack(b.type, b.id, b.length, b.raw_length)
         trailer = sealer.seal(Kind.TRAILER, bytes(plain), compress=False)
-        data = self._buf
-        self._buf = bytearray()
-        data += trailer
-        data += _COUNT.pack(len(trailer))
-        if len(data) > MAX_PACK_SIZE:
+        total = self.size + len(trailer) + TRAILER_LEN_SIZE
+        if total > MAX_PACK_SIZE:
             raise ValueError("pack too large")
+        data = bytearray(total)
+        parts, self._parts = self._parts, []
+        with memoryview(data) as view:
+            pos = 0
+            for i, part in enumerate(parts):
+                assert part is not None
+                view[pos : pos + len(part)] = part
+                pos += len(part)
+                parts[i] = None  # free it now: peak memory stays near one pack
+            view[pos : pos + len(trailer)] = trailer
+            view[pos + len(trailer) :] = _COUNT.pack(len(trailer))
         return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), data, self.blobs
 
 
