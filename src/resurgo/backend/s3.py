@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 from resurgo.backend import ObjectInfo, validate_key
+from resurgo.backend.options import as_bool, own_options
 from resurgo.errors import (
     BackendError,
     BackendFull,
@@ -480,12 +481,12 @@ def from_url(url: str, options: Mapping[str, Any] | None = None) -> S3Backend:
         if name in _SECRET_OPTIONS:
             raise UsageError(f"{name} does not belong in the URL; pass it as an option")
         merged[name] = value
-    for name, value in _own_options(options, "s3").items():
+    for name, value in own_options(options, "s3").items():
         merged[_ALIASES.get(name, name)] = value
     kwargs: dict[str, Any] = {}
     for name, value in merged.items():
         if name in _BOOL_OPTIONS:
-            kwargs[name] = _as_bool(name, value)
+            kwargs[name] = as_bool(name, value)
         elif name in _INT_OPTIONS:
             kwargs[name] = _as_size(name, value)
         elif name in _FLOAT_OPTIONS:
@@ -496,29 +497,6 @@ def from_url(url: str, options: Mapping[str, Any] | None = None) -> S3Backend:
             known = sorted(_BOOL_OPTIONS | _INT_OPTIONS | _FLOAT_OPTIONS | _STR_OPTIONS)
             raise UsageError(f"unknown S3 option {name!r} (known: {', '.join(known)})")
     return S3Backend(bucket, parts.path.strip("/"), **kwargs)
-
-
-def _own_options(options: Mapping[str, Any] | None, scheme: str) -> dict[str, Any]:
-    """The options meant for ``scheme``: unprefixed or ``<scheme>.<name>``."""
-    own: dict[str, Any] = {}
-    for name, value in (options or {}).items():
-        head, dot, rest = name.partition(".")
-        if not dot:
-            own[name] = value
-        elif head == scheme:
-            own[rest] = value
-    return own
-
-
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise UsageError(f"option {name} expects true or false, not {value!r}")
 
 
 def _as_size(name: str, value: Any) -> int:

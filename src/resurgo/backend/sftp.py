@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from resurgo.backend import ObjectInfo, validate_key
+from resurgo.backend.options import as_bool, own_options
 from resurgo.errors import (
     BackendError,
     BackendFull,
@@ -536,9 +537,9 @@ def from_url(url: str, options: Mapping[str, Any] | None = None) -> SFTPBackend:
     kwargs: dict[str, Any] = {"user": unquote(parts.username) if parts.username else None}
     if url_port is not None:
         kwargs["port"] = url_port
-    for name, value in _own_options(options, "sftp").items():
+    for name, value in own_options(options, "sftp").items():
         if name in _BOOL_OPTIONS:
-            kwargs[name] = _as_bool(name, value)
+            kwargs[name] = as_bool(name, value)
         elif name in _FLOAT_OPTIONS:
             kwargs[name] = _as_number(name, value, float)
         elif name in _INT_OPTIONS:
@@ -549,29 +550,6 @@ def from_url(url: str, options: Mapping[str, Any] | None = None) -> SFTPBackend:
             known = sorted(_BOOL_OPTIONS | _FLOAT_OPTIONS | _STR_OPTIONS | _INT_OPTIONS)
             raise UsageError(f"unknown SFTP option {name!r} (known: {', '.join(known)})")
     return SFTPBackend(host, root, **kwargs)
-
-
-def _own_options(options: Mapping[str, Any] | None, scheme: str) -> dict[str, Any]:
-    """The options meant for ``scheme``: unprefixed or ``<scheme>.<name>``."""
-    own: dict[str, Any] = {}
-    for name, value in (options or {}).items():
-        head, dot, rest = name.partition(".")
-        if not dot:
-            own[name] = value
-        elif head == scheme:
-            own[rest] = value
-    return own
-
-
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise UsageError(f"option {name} expects true or false, not {value!r}")
 
 
 def _as_number(name: str, value: Any, kind: Callable[[Any], Any]) -> Any:

@@ -217,7 +217,7 @@ def register(subparsers: Subparsers) -> None:
     p.set_defaults(func=run_show)
 
 
-def _load(args: argparse.Namespace, ctx: Context, *, strict: bool) -> Plan | None:
+def load_plan_or_report(args: argparse.Namespace, ctx: Context, *, strict: bool) -> Plan | None:
     """The plan, or None after printing its problems (the caller exits with 2)."""
     from resurgo.dr.plan import PlanError, load_plan
 
@@ -412,7 +412,7 @@ _LABEL = {OK: "ok", WARN: "warn", FAIL: "FAIL"}
 def run_check(args: argparse.Namespace, ctx: Context) -> int:
     from resurgo.dr.plan import plan_warnings
 
-    plan = _load(args, ctx, strict=bool(args.strict))
+    plan = load_plan_or_report(args, ctx, strict=bool(args.strict))
     if plan is None:
         return EXIT_USAGE
     out = ctx.out
@@ -454,7 +454,7 @@ def run_show(args: argparse.Namespace, ctx: Context) -> int:
     from resurgo.backend.registry import redact_url
     from resurgo.dr.schedule import format_duration
 
-    plan = _load(args, ctx, strict=False)
+    plan = load_plan_or_report(args, ctx, strict=False)
     if plan is None:
         return EXIT_USAGE
     out = ctx.out

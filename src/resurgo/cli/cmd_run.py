@@ -27,7 +27,6 @@ from resurgo.cli.cmd_plan import (
     add_plan_option,
     notification_password,
     open_plan_repo,
-    plan_path,
     state_db_path,
 )
 from resurgo.cli.context import Context
@@ -62,23 +61,9 @@ _CODE_RANK = {EXIT_OK: 0, EXIT_PARTIAL: 1, EXIT_FAILURE: 2, EXIT_INTERRUPTED: 3}
 
 def load_plan_or_report(args: argparse.Namespace, ctx: Context) -> Plan | None:
     """The plan, or None after printing every problem (one per line) on stderr."""
-    from resurgo.dr.plan import PlanError, load_plan
+    from resurgo.cli.cmd_plan import load_plan_or_report as load
 
-    path = plan_path(args, ctx.env)
-    try:
-        return load_plan(path)
-    except PlanError as e:
-        out = ctx.out
-        for problem in e.problems:
-            out.record("error", message=problem)
-            if not out.json:
-                out.stderr.write(f"error: {problem}\n")
-        if not out.json:
-            n = len(e.problems)
-            out.stderr.write(f"resurgo: the plan {path} is invalid ({n} problem{'s' * (n != 1)})\n")
-            out.stderr.flush()
-        out.summary(plan=str(path), valid=False, errors=e.problems)
-        return None
+    return load(args, ctx, strict=False)
 
 
 def open_state(plan: Plan, env: Mapping[str, str], *, recover: bool = True) -> StateDB:

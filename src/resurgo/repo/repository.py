@@ -473,6 +473,16 @@ class Repository:
             if key in self._pending or self.index.has(blob_type, bid):
                 return bid, False
             self._pending.add(key)
+        self._seal_and_pack(blob_type, bid, data)
+        return bid, True
+
+    def _seal_and_pack(self, blob_type: int, bid: bytes, data: bytes | memoryview) -> None:
+        """Seal a blob already marked pending and add it to its type's pack.
+
+        Uploads the pack when it reaches the target size. On a sealing error the
+        blob leaves the pending set, so a later save can store it.
+        """
+        key = (blob_type, bid)
         try:
             env = self._sealer.seal(_BLOB_KIND[BlobType(blob_type)], data, blob_context(blob_type, bid))
         except BaseException:
@@ -493,7 +503,6 @@ class Repository:
                 self._inflight += 1
         if finished is not None:
             self._upload(finished)
-        return bid, True
 
     def _upload(self, packer: PackWriter) -> None:
         """Upload a finished pack (``_inflight`` already counted it)."""
@@ -879,27 +888,7 @@ class Repository:
             if key in self._pending:
                 return False
             self._pending.add(key)
-        try:
-            env = self._sealer.seal(_BLOB_KIND[BlobType(blob_type)], data,
-                                    blob_context(blob_type, blob_id))
-        except BaseException:
-            with self._lock:
-                self._pending.discard(key)
-            raise
-        finished: PackWriter | None = None
-        with self._lock:
-            packer = self._packers.get(blob_type)
-            if packer is None:
-                packer = self._packers[blob_type] = PackWriter()
-            packer.add(blob_type, blob_id, env, len(data))
-            self.stats_added["blobs"] += 1
-            self.stats_added["bytes_raw"] += len(data)
-            self.stats_added["bytes_stored"] += len(env)
-            if packer.size >= self.config.params.pack_size:
-                finished = self._packers.pop(blob_type)
-                self._inflight += 1
-        if finished is not None:
-            self._upload(finished)
+        self._seal_and_pack(blob_type, blob_id, data)
         return True
 
     def write_index_object(
