@@ -240,8 +240,13 @@ class _Backup:
             raise _SourceProblem(f"cannot open: {e.strerror or e}")
         try:
             before = os.fstat(fd)
-            if not stat.S_ISREG(before.st_mode) or file_changed(st, before):
+            if (not stat.S_ISREG(before.st_mode)
+                    or (before.st_ino, before.st_dev) != (st.st_ino, st.st_dev)):
                 raise _SourceProblem("file was replaced while being backed up")
+            # Same file, possibly written to since the directory scan (a growing
+            # log): record what we are about to read, then watch it while reading.
+            node.size = before.st_size
+            node.mtime_ns, node.ctime_ns = before.st_mtime_ns, before.st_ctime_ns
             size = before.st_size
             sparse = size > 0 and before.st_blocks * 512 < size
             extents = data_extents(fd, size) if sparse else [(0, size)]
