@@ -18,6 +18,7 @@ import struct
 from dataclasses import dataclass
 
 import blake3
+import numpy as np
 
 from resurgo.errors import CorruptObject
 from resurgo.repo.crypto import Kind, Sealer
@@ -42,16 +43,16 @@ class PackWriter:
     """Accumulates blob envelopes in memory until the pack is finished. Not thread-safe.
 
     ``add`` runs under the repository's lock, so it only keeps a reference to
-    the envelope. ``finish`` (outside that lock) joins them with ``b"".join``,
-    which CPython performs with the GIL released for large joins (bpo-36051):
-    copying into a growing ``bytearray`` instead holds the GIL, and under the
-    lock it serialised the writer threads (about 25 % less throughput on two
-    cores, docs/benchmarks-engine.md). The envelopes are dropped right after
-    the join, so a pack costs twice its size only for the join itself.
+    the envelope. ``finish`` (outside that lock) copies the envelopes into one
+    buffer of the pack's exact size, dropping each envelope once copied, so a
+    pack costs little more than its own size in memory. The buffer is a NumPy
+    array because NumPy copies with the GIL released and does not zero new
+    memory first; ``bytearray`` does both under the GIL, and the writer
+    threads then wait on each other (docs/benchmarks-engine.md, "Packs").
     """
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | None] = []
         self.size = 0
         self.blobs: list[PackedBlob] = []
 
@@ -64,18 +65,25 @@ class PackWriter:
     def __len__(self) -> int:
         return len(self.blobs)
 
-    def finish(self, sealer: Sealer) -> tuple[str, bytes, list[PackedBlob]]:
+    def finish(self, sealer: Sealer) -> tuple[str, memoryview, list[PackedBlob]]:
         """(pack ID hex, pack bytes, blobs). The writer must not be used afterwards."""
         plain = bytearray(_COUNT.pack(len(self.blobs)))
         for b in self.blobs:
             plain += _ENTRY.pack(b.type, b.id, b.length, b.raw_length)
         trailer = sealer.seal(Kind.TRAILER, bytes(plain), compress=False)
-        if self.size + len(trailer) + TRAILER_LEN_SIZE > MAX_PACK_SIZE:
+        total = self.size + len(trailer) + TRAILER_LEN_SIZE
+        if total > MAX_PACK_SIZE:
             raise ValueError("pack too large")
+        buf = np.empty(total, dtype=np.uint8)
         parts, self._parts = self._parts, []
         parts += (trailer, _COUNT.pack(len(trailer)))
-        data = b"".join(parts)
-        del parts
+        pos = 0
+        for i, part in enumerate(parts):
+            assert part is not None
+            buf[pos : pos + len(part)] = np.frombuffer(part, dtype=np.uint8)
+            pos += len(part)
+            parts[i] = None  # free it now: peak memory stays near one pack
+        data = buf.data  # a memoryview of the array, no copy
         return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), data, self.blobs
 
 
