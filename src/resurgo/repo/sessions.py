@@ -1,7 +1,7 @@
 """Writer sessions: how a process that writes to the repository tells prune it exists.
 
-A *session* is a heartbeat record (``resurgo.repo.heartbeat``): the object ``sessions/<id>`` (encrypted JSON, see ``control``)
-that a ``Repository`` creates just before its first write and deletes when it
+A *session* is a heartbeat record (``resurgo.repo.heartbeat``): the object
+``sessions/<id>`` (encrypted JSON, see ``control``) that a ``Repository`` creates just before its first write and deletes when it
 closes. It records the host, pid and user, the *start* -- the wall-clock time
 just before this process listed the index it deduplicates against (its *index
 epoch*), which may be well before the first write -- and a *heartbeat*: the
