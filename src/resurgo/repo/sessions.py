@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from resurgo.backend import ObjectInfo, layout
-from resurgo.errors import EXIT_FAILURE, BackendError, ObjectNotFound, ResurgoError
+from resurgo.errors import BackendError, ObjectNotFound, ResurgoError, SessionLost
 from resurgo.repo.clock import SYSTEM_CLOCK, Clock
 from resurgo.repo.heartbeat import ControlStore, Heartbeat, OwnerRecord, whoami
 
@@ -37,17 +37,6 @@ __all__ = ["ControlStore", "SessionInfo", "SessionLost", "SessionSettings", "Wri
 
 SESSIONS = layout.SESSIONS
 SESSION_VERSION = 1
-
-
-class SessionLost(ResurgoError):
-    """This writer can no longer prove to prune that it is alive; nothing more is saved.
-
-    Raised instead of writing an index object or a snapshot that might point at
-    data a concurrent prune has deleted. Running the operation again is safe.
-    """
-
-    exit_code = EXIT_FAILURE
-    retryable = True
 
 
 @dataclass(frozen=True)
