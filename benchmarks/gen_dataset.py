@@ -23,6 +23,13 @@ day of work does: ~1 % of the small files (< 64 KiB) edited in the middle or
 appended to, 4 KiB inserted in the middle of the largest file (in place, same
 inode), 100 new small files and 50 deleted ones per 20,000 small files
 (at least 1 each). Needs only the standard library and numpy.
+
+Two shapes for scale runs (``scale_bench.py``), equally deterministic:
+``many-files DIR --files N`` writes N small distinct text files (median ~0.5 KB,
+100 per directory), and ``sized DIR --gb G`` writes about G GB of the mixed shape
+above as ~1 GB parts (``part-000/`` ...), each a ``generate`` tree with its own
+seed, so every size has the same mix per GB. Neither changes what ``generate``
+writes.
 """
 
 from __future__ import annotations
