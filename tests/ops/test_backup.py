@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import threading
 from pathlib import Path
@@ -382,3 +383,24 @@ def test_stop_request_ends_a_stream_command_without_a_snapshot(repo):
         backup_stream(repo, "dump.sql", command=["sh", "-c", "echo partial; sleep 30"],
                       should_stop=stop.is_set)
     assert repo.list_objects("snapshots") == []
+
+
+def test_large_files_stream_through_small_buffers_into_the_same_chunks_as_a_whole_cut(
+    repo, tmp_path, monkeypatch
+):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(11)
+    # Text-like and random stretches, so chunks of every size up to the maximum.
+    data = b"".join(
+        rng.randbytes(rng.randint(1, 20_000)) if i % 2 else b"abc\n" * rng.randint(1, 5000)
+        for i in range(120)
+    )
+    (src / "big").write_bytes(data)
+    monkeypatch.setattr(backup_mod, "PARALLEL_FILE_BYTES", 50_000)
+    monkeypatch.setattr(backup_mod, "STREAM_BLOCK", 30_000)  # many refills, carries of every length
+    s = backup_paths(repo, [src])
+    node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(src / "big")]
+    expected = [repo.blob_id(c) for c in repo.chunker().cut(data)]
+    assert node.content == expected and len(expected) > 50
+    assert content_of(repo, node) == data and s.bytes_read == len(data) and not s.warnings

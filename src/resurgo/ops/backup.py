@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,9 @@ PARALLEL_FILE_BYTES = 8 << 20
 # busy. Each queued chunk is a view that keeps its whole read buffer (up to
 # READ_SIZE plus a carried tail) alive, so more only costs memory.
 CHUNKS_IN_FLIGHT_PER_SAVER = 2
+# New bytes read per refill of a large file's stream buffer, on top of the
+# chunker's maximum chunk size of look-ahead (docs/backup.md, "The pipeline").
+STREAM_BLOCK = 8 << 20
 # Directories scanned at once, per scanner thread: enough that a scanner never
 # waits for the walk to hand it the next directory.
 SCANS_IN_FLIGHT_PER_SCANNER = 4
@@ -231,6 +235,7 @@ class _Backup:
         self._events: queue.SimpleQueue[tuple[int, _DirJob, BaseException | None]] = (
             queue.SimpleQueue()
         )
+        self._stream_bufs: tuple[bytearray, bytearray] | None = None
         self._hardlinks: dict[tuple[int, int], Future[Node | None]] = {}
         self._fatal: BaseException | None = None
         # Set when the backup is abandoned: the workers stop at the next file
@@ -317,10 +322,11 @@ class _Backup:
             try:
                 if not sparse and size <= _small_limit():
                     ids, nread = self._save_whole(fd, size)
+                elif sparse:
+                    ids, nread = self._save_chunks(self._extent_chunks(fd, extents),
+                                                   parallel=size > _small_limit())
                 else:
-                    chunks = (self._extent_chunks(fd, extents) if sparse
-                              else self.chunker.fd_chunks(fd))
-                    ids, nread = self._save_chunks(chunks, parallel=size > _small_limit())
+                    ids, nread = self._save_stream(fd)
             except OSError as e:
                 raise _SourceProblem(f"read error: {e.strerror or e}")
             after = os.fstat(fd)
@@ -336,6 +342,68 @@ class _Backup:
         with self._lock:
             self.summary.bytes_read += nread
         return node
+
+    def _save_stream(self, fd: int) -> tuple[list[bytes], int]:
+        """Read a large file through two fixed buffers, its chunks saved by the saver pool.
+
+        Each buffer holds ``max_size`` bytes of look-ahead plus STREAM_BLOCK
+        new bytes. A cut is trusted only when at least ``max_size`` bytes
+        follow its start or the file has ended (FastCDC decides a boundary
+        from at most that many bytes), so the chunks equal those of cutting
+        the whole file at once. The untrusted tail is copied to the front of
+        the other buffer, which is refilled only once every chunk it held has
+        been saved: the savers get read-only views, never copies, and the
+        memory stays at two buffers whatever the file's size (runs only in
+        the single large-file thread, which owns the buffers).
+        """
+        max_size = self.chunker.max_size
+        cap = max_size + STREAM_BLOCK
+        if self._stream_bufs is None or len(self._stream_bufs[0]) != cap:
+            self._stream_bufs = (bytearray(cap), bytearray(cap))
+        views = [memoryview(b) for b in self._stream_bufs]
+        in_buf: list[list[Future[tuple[bytes, bool]]]] = [[], []]
+        futures: list[Future[tuple[bytes, bool]]] = []
+        save = self.repo.save_blob
+        cut = self.chunker._cdc.cut_buf
+        total = 0
+        carry: memoryview | None = None
+        i = 0
+        eof = False
+        try:
+            while not eof:
+                for f in in_buf[i]:
+                    f.result()  # the buffer's chunks are saved: it may be refilled
+                in_buf[i] = []
+                if self._closing:
+                    raise Interrupted("backup interrupted; no snapshot was written")
+                mv = views[i]
+                n = 0
+                if carry is not None:
+                    n = len(carry)
+                    mv[:n] = carry
+                    carry = None
+                while n < cap:
+                    got = os.readv(fd, [mv[n:]])
+                    if not got:
+                        eof = True
+                        break
+                    n += got
+                data = mv[:n].toreadonly()
+                for c in cut(data):
+                    if not eof and c.offset + max_size > n:
+                        carry = data[c.offset:]
+                        break
+                    f = self._savers.submit(save, BlobType.DATA, data[c.offset:c.offset + c.length])
+                    in_buf[i].append(f)
+                    futures.append(f)
+                    total += c.length
+                i ^= 1
+        finally:
+            # Wait for everything submitted even on a read error, so no save
+            # outlives this file or its buffers (and repository errors are
+            # never lost).
+            wait_for(futures)
+        return [f.result()[0] for f in futures], total
 
     def _save_whole(self, fd: int, size: int) -> tuple[list[bytes], int]:
         """Read a small file in one read and save its chunks; (blob IDs, bytes read).
