@@ -404,3 +404,22 @@ def test_large_files_stream_through_small_buffers_into_the_same_chunks_as_a_whol
     expected = [repo.blob_id(c) for c in repo.chunker().cut(data)]
     assert node.content == expected and len(expected) > 50
     assert content_of(repo, node) == data and s.bytes_read == len(data) and not s.warnings
+
+
+def test_an_unchanged_file_whose_atime_moved_is_not_read_but_gets_its_new_atime(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "f"
+    f.write_bytes(b"some content")
+    st = f.stat()
+    os.utime(f, ns=(st.st_mtime_ns - 10**12, st.st_mtime_ns))  # atime before mtime
+    backup_paths(repo, [src])
+    f.read_bytes()  # relatime moves an atime older than the mtime; the ctime stays
+    moved = f.stat()
+    if moved.st_atime_ns == st.st_mtime_ns - 10**12:
+        pytest.skip("the file system does not update atimes")
+    s = backup_paths(repo, [src])
+    assert s.files_unchanged == 1 and s.bytes_read == 0
+    node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(f)]
+    assert node.atime_ns == moved.st_atime_ns
+    assert content_of(repo, node) == b"some content"

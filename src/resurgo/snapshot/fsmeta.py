@@ -105,6 +105,8 @@ def read_xattrs(path: bytes, *, tolerate_denied: bool = False) -> dict[bytes, by
         if exc.errno in _XATTR_ABSENT or (tolerate_denied and exc.errno in _DENIED):
             return {}
         raise
+    if not names:
+        return {}
     out: dict[bytes, bytes] = {}
     for xname in names:
         try:
