@@ -9,13 +9,15 @@ the parent (and whose content blobs are all still in the index, and which was
 read without error) is not read again; its content list is reused. Everything
 else is read, chunked and saved.
 
-Pipeline: the walk runs in the calling thread and never recurses (a 1,000-level
-deep tree is fine). Files to read go to a pool of reader threads; chunks of
-large files go on to a pool of saver threads, so one big file still keeps every
-core busy. Directories are finished in post-order once all their children are
-done; semaphores bound the work in flight, so memory does not grow with the
-tree. Source errors (a file that cannot be read) become warnings and the file
-is left out; repository errors abort the backup and no snapshot is written.
+Pipeline: directories are scanned by a pool of scanner threads, a few at a
+time in depth-first order (nothing recurses: a 1,000-level deep tree is
+fine). A scanner reads and saves the small files of its directory itself, in
+one read each; larger files go to the large-file lane, one at a time, their
+chunks saved by a pool of saver threads, so one big file still keeps every
+core busy. The calling thread finishes directories (encodes and saves their
+trees) once all their children are done. Source errors (a file that cannot
+be read) become warnings and the file is left out; repository errors abort
+the backup and no snapshot is written.
 """
 
 from __future__ import annotations
@@ -339,8 +341,8 @@ class _Backup:
             os.close(fd)
         node.content = ids
         node.holes = holes_from_extents(extents, size) if sparse else []
-        expected = sum(length for _, length in extents)
-        if file_changed(before, after) or nread != expected:
+        expected = sum(length for _, length in extents) if sparse else size
+        if nread != expected or file_changed(before, after):
             node.error = "changed while being read"
             node.size = before.st_size if nread == expected else nread + sum(h[1] for h in node.holes)
             self.warn(path, "file changed while it was being read; the stored copy may be inconsistent")
