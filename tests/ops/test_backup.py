@@ -385,8 +385,10 @@ def test_stop_request_ends_a_stream_command_without_a_snapshot(repo):
     assert repo.list_objects("snapshots") == []
 
 
+@pytest.mark.parametrize(("block", "room"), [(30_000, 20_000), (1000, 0)],
+                         ids=["tail-fits", "buffers-grow"])
 def test_large_files_stream_through_small_buffers_into_the_same_chunks_as_a_whole_cut(
-    repo, tmp_path, monkeypatch
+    repo, tmp_path, monkeypatch, block, room
 ):
     src = tmp_path / "src"
     src.mkdir()
@@ -398,7 +400,10 @@ def test_large_files_stream_through_small_buffers_into_the_same_chunks_as_a_whol
     )
     (src / "big").write_bytes(data)
     monkeypatch.setattr(backup_mod, "PARALLEL_FILE_BYTES", 50_000)
-    monkeypatch.setattr(backup_mod, "STREAM_BLOCK", 30_000)  # many refills, carries of every length
+    # Many refills, carries of every length; blocks smaller than the largest
+    # chunk (8 KiB here) make the buffers grow while such a chunk is cut.
+    monkeypatch.setattr(backup_mod, "STREAM_BLOCK", block)
+    monkeypatch.setattr(backup_mod, "STREAM_TAIL_ROOM", room)
     s = backup_paths(repo, [src])
     node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(src / "big")]
     expected = [repo.blob_id(c) for c in repo.chunker().cut(data)]

@@ -67,9 +67,11 @@ PARALLEL_FILE_BYTES = 8 << 20
 # busy. Each queued chunk is a view that keeps its whole read buffer (up to
 # READ_SIZE plus a carried tail) alive, so more only costs memory.
 CHUNKS_IN_FLIGHT_PER_SAVER = 2
-# New bytes read per refill of a large file's stream buffer, on top of the
-# chunker's maximum chunk size of look-ahead (docs/backup.md, "The pipeline").
-STREAM_BLOCK = 8 << 20
+# New bytes read per refill of a large file's stream buffer, and the room left
+# in it for the unfinished chunk carried over from the other buffer (a few
+# average chunks; a longer one makes the buffer grow while it lasts).
+STREAM_BLOCK = 4 << 20
+STREAM_TAIL_ROOM = 2 << 20
 # Directories scanned at once, per scanner thread: enough that a scanner never
 # waits for the walk to hand it the next directory.
 SCANS_IN_FLIGHT_PER_SCANNER = 4
@@ -242,7 +244,7 @@ class _Backup:
         self._events: queue.SimpleQueue[tuple[int, _DirJob, BaseException | None]] = (
             queue.SimpleQueue()
         )
-        self._stream_bufs: tuple[bytearray, bytearray] | None = None
+        self._stream_bufs: list[bytearray | None] = [None, None]
         self._hardlinks: dict[tuple[int, int], Future[Node | None]] = {}
         self._fatal: BaseException | None = None
         # Set when the backup is abandoned: the workers stop at the next file
@@ -351,27 +353,27 @@ class _Backup:
         return node
 
     def _save_stream(self, fd: int) -> tuple[list[bytes], int]:
-        """Read a large file through two fixed buffers, its chunks saved by the saver pool.
+        """Read a large file through two reused buffers, its chunks saved by the saver pool.
 
-        Each buffer holds ``max_size`` bytes of look-ahead plus STREAM_BLOCK
-        new bytes. A cut is trusted only when at least ``max_size`` bytes
-        follow its start or the file has ended (FastCDC decides a boundary
-        from at most that many bytes), so the chunks equal those of cutting
-        the whole file at once. The untrusted tail is copied to the front of
-        the other buffer, which is refilled only once every chunk it held has
-        been saved: the savers get read-only views, never copies, and the
-        memory stays at two buffers whatever the file's size (runs only in
-        the single large-file thread, which owns the buffers).
+        A chunk that ends before the end of the data in the buffer is final:
+        FastCDC decides a boundary from the bytes before it only (the masks
+        depend on the distance from the chunk's start, never on what
+        follows), and a chunk that reaches ``max_size`` is cut there whatever
+        follows. Only the last chunk of a buffer may still grow; it is copied
+        to the front of the other buffer, in front of the next STREAM_BLOCK
+        bytes. So the chunks equal those of cutting the whole file at once.
+        A buffer is refilled only once every chunk it held has been saved:
+        the savers get read-only views, never copies, and the memory stays at
+        two buffers (STREAM_BLOCK plus a typical tail each; larger only while
+        a chunk longer than that is being cut) whatever the file's size. Runs
+        only in the single large-file thread, which owns the buffers.
         """
-        max_size = self.chunker.max_size
-        cap = max_size + STREAM_BLOCK
-        if self._stream_bufs is None or len(self._stream_bufs[0]) != cap:
-            self._stream_bufs = (bytearray(cap), bytearray(cap))
-        views = [memoryview(b) for b in self._stream_bufs]
+        bufs = self._stream_bufs
         in_buf: list[list[Future[tuple[bytes, bool]]]] = [[], []]
         futures: list[Future[tuple[bytes, bool]]] = []
         save = self.repo.save_blob
         cut = self.chunker._cdc.cut_buf
+        block = STREAM_BLOCK
         total = 0
         carry: memoryview | None = None
         i = 0
@@ -383,12 +385,16 @@ class _Backup:
                 in_buf[i] = []
                 if self._closing:
                     raise Interrupted("backup interrupted; no snapshot was written")
-                mv = views[i]
-                n = 0
+                n = len(carry) if carry is not None else 0
+                buf = bufs[i]
+                if buf is None or len(buf) < n + block:
+                    # Room for a typical tail without reallocating next time.
+                    buf = bufs[i] = bytearray(max(n + block, block + STREAM_TAIL_ROOM))
+                mv = memoryview(buf)
                 if carry is not None:
-                    n = len(carry)
                     mv[:n] = carry
                     carry = None
+                cap = len(buf)
                 while n < cap:
                     got = os.readv(fd, [mv[n:]])
                     if not got:
@@ -397,10 +403,11 @@ class _Backup:
                     n += got
                 data = mv[:n].toreadonly()
                 for c in cut(data):
-                    if not eof and c.offset + max_size > n:
-                        carry = data[c.offset:]
+                    end = c.offset + c.length
+                    if end == n and not eof:
+                        carry = data[c.offset:]  # may grow with the next bytes
                         break
-                    f = self._savers.submit(save, BlobType.DATA, data[c.offset:c.offset + c.length])
+                    f = self._savers.submit(save, BlobType.DATA, data[c.offset:end])
                     in_buf[i].append(f)
                     futures.append(f)
                     total += c.length
