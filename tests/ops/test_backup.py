@@ -428,3 +428,28 @@ def test_an_unchanged_file_whose_atime_moved_is_not_read_but_gets_its_new_atime(
     node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(f)]
     assert node.atime_ns == moved.st_atime_ns
     assert content_of(repo, node) == b"some content"
+
+
+def test_a_small_file_grown_large_before_its_opening_is_stored_whole(repo, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(300_000))  # read by the large-file lane meanwhile
+    grower = src / "grower"
+    grower.write_bytes(b"x" * 1000)
+    tail = os.urandom(250_000)
+    monkeypatch.setattr(backup_mod, "PARALLEL_FILE_BYTES", 100_000)
+    monkeypatch.setattr(backup_mod, "STREAM_BLOCK", 20_000)
+    real_open = backup_mod.open_for_backup
+
+    def grow_then_open(path: bytes) -> int:
+        if path.endswith(b"/grower"):
+            with open(grower, "ab") as fh:
+                fh.write(tail)
+        return real_open(path)
+
+    monkeypatch.setattr(backup_mod, "open_for_backup", grow_then_open)
+    s = backup_paths(repo, [src])
+    nodes = nodes_of(repo, list_snapshots(repo)[-1].tree)
+    assert content_of(repo, nodes[rel(grower)]) == b"x" * 1000 + tail
+    assert content_of(repo, nodes[rel(src / "big")]) == (src / "big").read_bytes()
+    assert nodes[rel(grower)].error is None and not s.warnings

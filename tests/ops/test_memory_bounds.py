@@ -78,7 +78,7 @@ def test_large_files_are_read_one_at_a_time_and_back_up_intact(
         try:
             return real(self, fd)
         finally:
-            buffers.update(id(b) for b in self._stream_bufs if b is not None)
+            buffers.update(id(b) for b in self._tls.stream_bufs if b is not None)
             with lock:
                 active -= 1
 

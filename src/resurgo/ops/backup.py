@@ -250,7 +250,7 @@ class _Backup:
         self._events: queue.SimpleQueue[tuple[int, _DirJob, BaseException | None]] = (
             queue.SimpleQueue()
         )
-        self._stream_bufs: list[bytearray | None] = [None, None]
+        self._tls = threading.local()  # per-thread stream buffers (_save_stream)
         self._hardlinks: dict[tuple[int, int], Future[Node | None]] = {}
         self._fatal: BaseException | None = None
         # Set when the backup is abandoned: the workers stop at the next file
@@ -378,10 +378,13 @@ class _Backup:
         A buffer is refilled only once every chunk it held has been saved:
         the savers get read-only views, never copies, and the memory stays at
         two buffers (STREAM_BLOCK plus a typical tail each; larger only while
-        a chunk longer than that is being cut) whatever the file's size. Runs
-        only in the single large-file thread, which owns the buffers.
+        a chunk longer than that is being cut) whatever the file's size. Each
+        thread has its own buffers: the large-file thread, and a scanner whose
+        small file grew past the limit before it was opened.
         """
-        bufs = self._stream_bufs
+        bufs: list[bytearray | None] | None = getattr(self._tls, "stream_bufs", None)
+        if bufs is None:
+            bufs = self._tls.stream_bufs = [None, None]
         in_buf: list[list[Future[tuple[bytes, bool]]]] = [[], []]
         futures: list[Future[tuple[bytes, bool]]] = []
         save = self.repo.save_blob
