@@ -453,3 +453,20 @@ def test_a_small_file_grown_large_before_its_opening_is_stored_whole(repo, tmp_p
     assert content_of(repo, nodes[rel(grower)]) == b"x" * 1000 + tail
     assert content_of(repo, nodes[rel(src / "big")]) == (src / "big").read_bytes()
     assert nodes[rel(grower)].error is None and not s.warnings
+
+
+def test_a_stop_request_seen_once_is_never_forgotten(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i}").write_bytes(os.urandom(5000))
+    calls = {"n": 0}
+
+    def flicker() -> bool:
+        # True exactly once: whoever saw it left files out.
+        calls["n"] += 1
+        return calls["n"] == 3
+
+    with pytest.raises(Interrupted):
+        backup_paths(repo, [src], should_stop=flicker)
+    assert repo.list_objects("snapshots") == []

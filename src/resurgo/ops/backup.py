@@ -256,6 +256,7 @@ class _Backup:
         # Set when the backup is abandoned: the workers stop at the next file
         # or chunk, so nothing is uploaded after the interrupt's indexing.
         self._closing = False
+        self._stop_seen = False
         self._last_progress = 0.0
 
     # -- bookkeeping -------------------------------------------------------------
@@ -280,7 +281,8 @@ class _Backup:
     def _check_stop(self) -> None:
         if self._fatal is not None:
             raise self._fatal
-        if self.should_stop():
+        if self._stop_seen or self.should_stop():
+            self._stop_seen = True
             raise Interrupted("backup interrupted; no snapshot was written")
 
     # -- file content -------------------------------------------------------------
@@ -539,7 +541,14 @@ class _Backup:
         )
 
     def _stop_requested(self) -> bool:
-        return self._closing or self._fatal is not None or self.should_stop()
+        if self._closing or self._fatal is not None or self._stop_seen:
+            return True
+        if self.should_stop():
+            # Remembered: a worker that left files out on a stop request must
+            # never see its directory saved, whatever should_stop says later.
+            self._stop_seen = True
+            return True
+        return False
 
     def _add_entry(self, job: _DirJob, path: bytes, name: bytes, st: os.stat_result,
                    old: Node | None, tally: _Tally) -> None:
