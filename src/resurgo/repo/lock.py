@@ -15,7 +15,7 @@ timeout old.
 
 from __future__ import annotations
 
-import secrets
+import os
 import threading
 import weakref
 from dataclasses import dataclass
@@ -89,7 +89,8 @@ class ExclusiveLock:
         self.settings = settings or SessionSettings()
         self.operation = operation
         self.skew = skew
-        self.id = secrets.token_hex(16)
+        # os.urandom, as secrets.token_hex: secrets would load libcrypto (docs/design.md, "Start-up")
+        self.id = os.urandom(16).hex()
         self._store = store
         self._started = 0.0
         self._last_ok: float | None = None

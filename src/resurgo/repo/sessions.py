@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import secrets
 import socket
 import threading
 import weakref
@@ -142,7 +141,8 @@ class WriterSession:
         self, store: ControlStore, settings: SessionSettings, *, start: float,
         operation: str = "write",
     ) -> None:
-        self.id = secrets.token_hex(16)
+        # os.urandom, as secrets.token_hex: secrets would load libcrypto (docs/design.md, "Start-up")
+        self.id = os.urandom(16).hex()
         self.key = SESSIONS + self.id
         self.start = start
         self.operation = operation
