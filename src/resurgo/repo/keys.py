@@ -47,10 +47,17 @@ _KEY_AAD = b"resurgo key file v1"
 
 @dataclass(frozen=True)
 class KDFParams:
-    """Argon2id cost. The default follows RFC 9106's second recommended option."""
+    """Argon2id cost of new key files (each key file records its own; any cost opens).
 
-    time_cost: int = 3
-    memory_kib: int = 64 * 1024
+    The default, 48 MiB and 7 passes over 4 lanes, keeps the attacker's cost
+    per guess (memory x time) above both the former default (64 MiB, 3 passes:
+    RFC 9106's second recommended option) and restic's scrypt (32 MiB), while
+    the 48 MiB, on top of the ~20 MiB a command holds when it derives its key,
+    stays under restic's peak memory. docs/design.md, "Keys", has the figures.
+    """
+
+    time_cost: int = 7
+    memory_kib: int = 48 * 1024
     parallelism: int = 4
 
     @classmethod
