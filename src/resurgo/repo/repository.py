@@ -418,7 +418,10 @@ class Repository:
         if path is None or not path.exists():
             return MemoryIndex(), set(), set()
         try:
-            plain = self._sealer.open(Kind.CACHE, path.read_bytes(), name="index cache")
+            # A memoryview, so that no slice copies the envelope or the plaintext;
+            # the loaded arrays are views into the decrypted bytes.
+            plain = self._sealer.open(Kind.CACHE, memoryview(path.read_bytes()),
+                                      name="index cache")
             hlen = int.from_bytes(plain[:4], "little")
             header = json.loads(plain[4 : 4 + hlen])
             covered = set(header["index"])
@@ -427,7 +430,7 @@ class Repository:
                 # Index objects were removed (compaction): start afresh rather
                 # than keep entries for packs that may be gone.
                 return MemoryIndex(), set(), set()
-            return MemoryIndex.load(plain[4 + hlen :]), covered, superseded & names
+            return MemoryIndex.load(plain, 4 + hlen), covered, superseded & names
         except Exception:
             # A damaged cache is never trusted: rebuild from the repository.
             return MemoryIndex(), set(), set()
@@ -441,7 +444,10 @@ class Repository:
         header = json.dumps(
             {"index": sorted(names), "superseded": sorted(superseded or ())}
         ).encode()
-        plain = len(header).to_bytes(4, "little") + header + index.dump()
+        # Padded (JSON allows trailing spaces) so that the arrays after it are
+        # aligned and load as views, not copies (MemoryIndex.load).
+        header += b" " * (-(4 + len(header)) % 8)
+        plain = index.dump(prefix=(len(header).to_bytes(4, "little"), header))
         env = self._sealer.seal(Kind.CACHE, plain, compress=False)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
