@@ -112,6 +112,27 @@ def test_the_key_is_derived_before_numpy_and_the_repository_facade_are_imported(
     assert out.strip().splitlines()[-1] == "[[]]"
 
 
+def test_init_derives_the_new_key_before_the_heavy_imports(tmp_path):
+    out = _python(f"""
+        import sys
+        import resurgo.repo.keys as keys
+        from resurgo.cli.main import main
+
+        seen = []
+        derive = keys._derive
+
+        def spy(*args, **kwargs):
+            seen.append(sorted(m for m in ("numpy", "cryptography", "resurgo.repo.repository")
+                               if m in sys.modules))
+            return derive(*args, **kwargs)
+
+        keys._derive = spy
+        assert main(["-r", {str(tmp_path / "new")!r}, "--no-cache", "--json", "init"]) == 0
+        print(seen)
+    """, RESURGO_PASSWORD="pw", RESURGO_TEST_WEAK_KDF="1")
+    assert out.strip().splitlines()[-1] == "[[]]"
+
+
 def test_openblas_starts_without_worker_threads_and_children_see_the_old_environment(monkeypatch):
     monkeypatch.delenv(BLAS_THREADS_VARIABLE, raising=False)
     with one_blas_thread():

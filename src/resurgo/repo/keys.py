@@ -112,10 +112,11 @@ def make_key_file(
     master: MasterKey, password: str, kdf: KDFParams, *, hostname: str, username: str
 ) -> tuple[str, bytes]:
     """Wrap ``master`` with ``password``; returns (key ID, key file bytes)."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
     salt = os.urandom(16)
     kek = _derive(password, salt, kdf)
+    # Imported after the derivation: see the module docstring.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     nonce = os.urandom(12)
     plain = json.dumps({"encrypt": _b64(master.encrypt), "id_mac": _b64(master.id_mac)}).encode()
     sealed = nonce + AESGCM(kek).encrypt(nonce, plain, _KEY_AAD)
