@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import threading
 from pathlib import Path
@@ -18,7 +19,6 @@ from resurgo.ops.backup import BackupOptions, backup_paths, backup_stream
 from resurgo.ops.check import check_repository
 from resurgo.ops.excludes import Excluder
 from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
-from resurgo.repo.chunker import Chunker
 from resurgo.snapshot.model import Node, NodeType
 from resurgo.snapshot.store import list_snapshots, walk_tree
 
@@ -198,27 +198,52 @@ def test_unreadable_file_is_reported_skipped_and_the_snapshot_still_written(repo
     assert rel(src / "bad") not in nodes and rel(src / "good") in nodes
 
 
-def test_file_changed_while_read_is_detected_and_reported(repo, tmp_path, monkeypatch):
+@pytest.mark.parametrize("size", [200_000, 3 << 20], ids=["read-whole", "streamed"])
+def test_file_changed_while_read_is_detected_and_reported(repo, tmp_path, monkeypatch, size):
     src = tmp_path / "src"
     src.mkdir()
     target = src / "growing"
-    target.write_bytes(os.urandom(200_000))
-    real = Chunker.fd_chunks
+    target.write_bytes(os.urandom(size))
+    real = repo.save_blob
+    first = True
 
-    def appending(self, fd, **kw):
-        first = True
-        for c in real(self, fd, **kw):
-            if first:
-                with open(target, "ab") as fh:
-                    fh.write(b"appended while reading")
-                first = False
-            yield c
+    def appending(blob_type, data, **kw):
+        # Between reading the file's first bytes and finishing it.
+        nonlocal first
+        if first and blob_type == BlobType.DATA:
+            with open(target, "ab") as fh:
+                fh.write(b"appended while reading")
+            first = False
+        return real(blob_type, data, **kw)
 
-    monkeypatch.setattr(Chunker, "fd_chunks", appending)
+    monkeypatch.setattr(repo, "save_blob", appending)
     s = backup_paths(repo, [src])
     assert any("changed" in w["error"] for w in s.warnings)
     node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(target)]
     assert node.error == "changed while being read"
+
+
+def test_file_grown_between_scan_and_open_is_read_whole_with_its_size_at_opening(repo, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    target = src / "log"
+    target.write_bytes(b"x" * 5000)
+    real_open = backup_mod.open_for_backup
+
+    def grow_then_open(path: bytes) -> int:
+        fd = real_open(path)
+        if path.endswith(b"/log"):
+            with open(target, "ab") as fh:
+                fh.write(b"y" * 3000)
+        return fd
+
+    monkeypatch.setattr(backup_mod, "open_for_backup", grow_then_open)
+    s = backup_paths(repo, [src])
+    node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(target)]
+    # Grown before it was opened (a log being written): not an inconsistent copy.
+    assert node.error is None and node.size == 8000 and not s.warnings
+    assert content_of(repo, node) == b"x" * 5000 + b"y" * 3000
+    assert s.bytes_read == 8000
 
 
 def test_repository_error_aborts_the_backup_and_writes_no_snapshot(tmp_path):
@@ -358,3 +383,24 @@ def test_stop_request_ends_a_stream_command_without_a_snapshot(repo):
         backup_stream(repo, "dump.sql", command=["sh", "-c", "echo partial; sleep 30"],
                       should_stop=stop.is_set)
     assert repo.list_objects("snapshots") == []
+
+
+def test_large_files_stream_through_small_buffers_into_the_same_chunks_as_a_whole_cut(
+    repo, tmp_path, monkeypatch
+):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(11)
+    # Text-like and random stretches, so chunks of every size up to the maximum.
+    data = b"".join(
+        rng.randbytes(rng.randint(1, 20_000)) if i % 2 else b"abc\n" * rng.randint(1, 5000)
+        for i in range(120)
+    )
+    (src / "big").write_bytes(data)
+    monkeypatch.setattr(backup_mod, "PARALLEL_FILE_BYTES", 50_000)
+    monkeypatch.setattr(backup_mod, "STREAM_BLOCK", 30_000)  # many refills, carries of every length
+    s = backup_paths(repo, [src])
+    node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(src / "big")]
+    expected = [repo.blob_id(c) for c in repo.chunker().cut(data)]
+    assert node.content == expected and len(expected) > 50
+    assert content_of(repo, node) == data and s.bytes_read == len(data) and not s.warnings
