@@ -78,6 +78,7 @@ class layout:  # a namespace of key-naming rules, not a class to instantiate
     locks/<id>             lock objects (used by maintenance operations)
     sessions/<id>          writer sessions: one per process writing (heartbeats)
     prune/<id>             prune marks: packs set aside for deletion
+    dicts/<id>             compression dictionaries (never deleted)
     """
 
     CONFIG = "config"
@@ -88,6 +89,7 @@ class layout:  # a namespace of key-naming rules, not a class to instantiate
     LOCKS = "locks/"
     SESSIONS = "sessions/"
     PRUNE = "prune/"
+    DICTS = "dicts/"
 
     @staticmethod
     def pack(pack_id_hex: str) -> str:

@@ -70,7 +70,7 @@ class PackWriter:
         plain = bytearray(_COUNT.pack(len(self.blobs)))
         for b in self.blobs:
             plain += _ENTRY.pack(b.type, b.id, b.length, b.raw_length)
-        trailer = sealer.seal(Kind.TRAILER, bytes(plain), compress=False)
+        trailer = sealer.seal(Kind.TRAILER, bytes(plain))
         total = self.size + len(trailer) + TRAILER_LEN_SIZE
         if total > MAX_PACK_SIZE:
             raise ValueError("pack too large")

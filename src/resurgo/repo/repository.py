@@ -50,7 +50,8 @@ from resurgo.errors import (
 from resurgo.repo.cache import RepoCache
 from resurgo.repo.chunker import Chunker
 from resurgo.repo.config import RepoConfig, RepoParams
-from resurgo.repo.crypto import Kind, Sealer
+from resurgo.repo.crypto import Dictionary, Kind, Sealer
+from resurgo.repo.dictionary import DictionaryStore
 from resurgo.repo.index import (
     BlobLocation,
     DecodedIndex,
@@ -124,7 +125,13 @@ class Repository:
         self.config = config
         self.key_id = key_id
         self._master = master
-        self._sealer = Sealer(master.encrypt, config.params.compression_level)
+        # Compression dictionaries (repo/dictionary.py): the sealer finds the
+        # ones envelopes name through the store.
+        self.dictionaries = DictionaryStore(backend)
+        self._sealer = Sealer(
+            master.encrypt, config.params.compression_level, dictionaries=self.dictionaries.resolve
+        )
+        self.dictionaries.bind(self._sealer)
         self._cache_dir = cache_dir / config.id if cache_dir else None
         # Snapshot objects and tree packs kept locally (repo/cache.py).
         self._cache = RepoCache(self._cache_dir) if self._cache_dir else None
@@ -479,12 +486,46 @@ class Repository:
     def _seal_and_pack(self, blob_type: int, bid: bytes, data: bytes | memoryview) -> None:
         """Seal a blob already marked pending and add it to its type's pack.
 
+        Data blobs may be kept back as dictionary training samples and sealed
+        later, with the dictionary (repo/dictionary.py; ``flush`` seals them all).
+        """
+        if blob_type != BlobType.DATA:
+            self._seal_batch(blob_type, [(bid, data)], None)
+            return
+        try:
+            admitted = self.dictionaries.admit(bid, data)
+        except BaseException:
+            with self._lock:
+                self._pending.discard((blob_type, bid))
+            raise
+        if admitted is not None:
+            self._seal_batch(blob_type, admitted[1], admitted[0])
+
+    def _seal_batch(
+        self, blob_type: int, batch: list[tuple[bytes, bytes | memoryview]], dictionary: Dictionary | None
+    ) -> None:
+        for i, (bid, data) in enumerate(batch):
+            try:
+                self._seal_one(blob_type, bid, data, dictionary)
+            except BaseException:
+                with self._lock:  # the rest were never stored either
+                    for later, _ in batch[i + 1 :]:
+                        self._pending.discard((blob_type, later))
+                raise
+
+    def _seal_one(
+        self, blob_type: int, bid: bytes, data: bytes | memoryview, dictionary: Dictionary | None
+    ) -> None:
+        """Seal one blob and add it to its type's pack.
+
         Uploads the pack when it reaches the target size. On a sealing error the
         blob leaves the pending set, so a later save can store it.
         """
         key = (blob_type, bid)
         try:
-            env = self._sealer.seal(_BLOB_KIND[BlobType(blob_type)], data, blob_context(blob_type, bid))
+            env = self._sealer.seal(
+                _BLOB_KIND[BlobType(blob_type)], data, blob_context(blob_type, bid), dictionary=dictionary
+            )
         except BaseException:
             with self._lock:
                 self._pending.discard(key)
@@ -546,7 +587,7 @@ class Repository:
             pid: [(b.type, b.id, b.offset, b.length, b.raw_length) for b in blobs]
             for pid, blobs in batch.items()
         }
-        env = self._sealer.seal(Kind.INDEX, encode_index(packs), compress=False)
+        env = self._sealer.seal(Kind.INDEX, encode_index(packs))
         name = object_id(env)
         try:
             self._writer_session().check("write an index object")
@@ -565,6 +606,8 @@ class Repository:
         After ``flush`` returns, every blob saved so far is durable and indexed,
         so a snapshot referencing them may be saved.
         """
+        dictionary, kept = self.dictionaries.release()
+        self._seal_batch(BlobType.DATA, kept, dictionary)
         with self._lock:
             packers = [p for p in self._packers.values() if len(p)]
             self._packers = {}
@@ -902,7 +945,7 @@ class Repository:
         """
         session = self._writer_session()
         plain = encode_index_arrays(pack_ids, entries, [bytes.fromhex(n) for n in supersedes])
-        env = self._sealer.seal(Kind.INDEX, plain, compress=False)
+        env = self._sealer.seal(Kind.INDEX, plain)
         name = object_id(env)
         session.check("write an index object")
         self.backend.put(layout.INDEX + name, env)
