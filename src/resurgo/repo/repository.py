@@ -34,7 +34,7 @@ from typing import Any
 import blake3
 import numpy as np
 
-from resurgo.backend import Backend, layout
+from resurgo.backend import Backend, layout, stager
 from resurgo.errors import (
     BlobNotFound,
     CorruptObject,
@@ -151,6 +151,9 @@ class Repository:
         self._inflight = 0
         self._pending: set[tuple[int, bytes]] = set()
         self._packers: dict[int, PackWriter] = {}
+        # Packs go straight to temporary files when the backend offers it
+        # (local directories), instead of being held in memory (repo/pack.py).
+        self._stage = stager(backend)
         self._unindexed: dict[bytes, list[PackedBlob]] = {}
         self._tree_cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._tree_cache_bytes = 0
@@ -259,6 +262,10 @@ class Repository:
         raise WrongPassword(f"wrong password: no key in {backend.url} opens with it{extra}")
 
     def close(self) -> None:
+        with self._lock:
+            unfinished, self._packers = list(self._packers.values()), {}
+        for p in unfinished:  # blobs never stored (no flush): drop their temporary files
+            p.discard()
         self._end_session()
         self.backend.close()
 
@@ -534,14 +541,16 @@ class Repository:
         with self._lock:
             packer = self._packers.get(blob_type)
             if packer is None:
-                packer = self._packers[blob_type] = PackWriter()
-            packer.add(blob_type, bid, env, len(data))
+                packer = self._packers[blob_type] = PackWriter(self._stage)
+            spill = packer.add(blob_type, bid, env, len(data))
             self.stats_added["blobs"] += 1
             self.stats_added["bytes_raw"] += len(data)
             self.stats_added["bytes_stored"] += len(env)
             if packer.size >= self.config.params.pack_size:
                 finished = self._packers.pop(blob_type)
                 self._inflight += 1
+        if spill is not None:
+            packer.spill(spill)
         if finished is not None:
             self._upload(finished)
 
@@ -550,8 +559,12 @@ class Repository:
         try:
             try:
                 pack_hex, data, blobs = packer.finish(self._sealer)
-                self.backend.put(layout.pack(pack_hex), memoryview(data))
+                if data is None:
+                    packer.commit(layout.pack(pack_hex))
+                else:
+                    self.backend.put(layout.pack(pack_hex), data)
             except BaseException:
+                packer.discard()
                 # The blobs were never stored: forget them, or a later save of
                 # the same data would be skipped as "pending" and never written.
                 with self._lock:
