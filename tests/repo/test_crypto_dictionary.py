@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 
 import blake3
 import pytest
@@ -272,3 +273,25 @@ def test_two_dictionaries_with_one_tag_are_damage() -> None:
     backend.put(layout.DICTS + name[:16] + "0" * 48, env)
     with pytest.raises(CorruptObject, match="several"):
         store.resolve(bytes.fromhex(name[:16]))
+
+
+def test_writers_threads_racing_through_training_store_every_blob_once() -> None:
+    backend = MemoryBackend()
+    repo = small_repo(backend)
+    files = source_files(10, 800)
+    ids: list[bytes] = [b""] * len(files)
+
+    def work(k: int) -> None:
+        for i in range(k, len(files), 4):
+            ids[i] = repo.save_blob(BlobType.DATA, files[i])[0]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    repo.flush()
+    assert len(keys_under(backend, layout.DICTS)) == 1
+    fresh = Repository.open(backend, PASSWORD)
+    assert len(fresh.index) == len(set(ids))
+    assert [fresh.load_blob(BlobType.DATA, b) for b in ids] == files

@@ -183,13 +183,16 @@ class DictionaryStore:
                 self._start()
             if self._state in (_READY, _OFF) or len(data) > self.sample_max:
                 return self._writing, [(blob_id, data)]
-            if not self._worth_keeping(data):
-                return None, [(blob_id, data)]
+        # Collecting (or training): judge and copy the blob outside the lock.
+        keep = bytes(data) if self._worth_keeping(data) else None
+        with self._cond:
+            if keep is None or self._state in (_READY, _OFF):
+                return self._writing, [(blob_id, data)]
             if self._state == _TRAINING:
-                self._late.append((blob_id, bytes(data)))
+                self._late.append((blob_id, keep))
                 return None
-            self._samples.append((blob_id, bytes(data)))
-            self._sample_bytes += len(data)
+            self._samples.append((blob_id, keep))
+            self._sample_bytes += len(keep)
             if self._sample_bytes < self.sample_bytes:
                 return None
             self._state = _TRAINING
