@@ -67,10 +67,15 @@ def test_unchanged_files_are_not_read_again_and_changed_ones_are(repo, tmp_path)
     second = backup_paths(repo, [src])
     assert second.files_unchanged == 50 and second.bytes_read == 0
     assert second.parent == first.snapshot_id
-    # The first backup's directory reads updated the directories' atime; once
-    # that settled, an unchanged tree adds nothing at all.
+    # The first backup's directory reads updated the directory's atime; once
+    # that settled, an unchanged tree is reused whole: the same subtree, no
+    # data. (Ancestors such as /tmp may change under parallel tests: only the
+    # trees above src may be new.)
     third = backup_paths(repo, [src])
-    assert third.files_unchanged == 50 and third.blobs_added == 0
+    assert third.files_unchanged == 50 and third.bytes_read == 0
+    snaps = list_snapshots(repo)
+    assert nodes_of(repo, snaps[-1].tree)[rel(src)].subtree == \
+        nodes_of(repo, snaps[-2].tree)[rel(src)].subtree
     (src / "f7").write_bytes(b"new content")
     fourth = backup_paths(repo, [src])
     assert fourth.files_changed == 1 and fourth.files_unchanged == 49
@@ -385,8 +390,10 @@ def test_stop_request_ends_a_stream_command_without_a_snapshot(repo):
     assert repo.list_objects("snapshots") == []
 
 
+@pytest.mark.parametrize(("block", "room"), [(30_000, 20_000), (1000, 0)],
+                         ids=["tail-fits", "buffers-grow"])
 def test_large_files_stream_through_small_buffers_into_the_same_chunks_as_a_whole_cut(
-    repo, tmp_path, monkeypatch
+    repo, tmp_path, monkeypatch, block, room
 ):
     src = tmp_path / "src"
     src.mkdir()
@@ -398,9 +405,73 @@ def test_large_files_stream_through_small_buffers_into_the_same_chunks_as_a_whol
     )
     (src / "big").write_bytes(data)
     monkeypatch.setattr(backup_mod, "PARALLEL_FILE_BYTES", 50_000)
-    monkeypatch.setattr(backup_mod, "STREAM_BLOCK", 30_000)  # many refills, carries of every length
+    # Many refills, carries of every length; blocks smaller than the largest
+    # chunk (8 KiB here) make the buffers grow while such a chunk is cut.
+    monkeypatch.setattr(backup_mod, "STREAM_BLOCK", block)
+    monkeypatch.setattr(backup_mod, "STREAM_TAIL_ROOM", room)
     s = backup_paths(repo, [src])
     node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(src / "big")]
     expected = [repo.blob_id(c) for c in repo.chunker().cut(data)]
     assert node.content == expected and len(expected) > 50
     assert content_of(repo, node) == data and s.bytes_read == len(data) and not s.warnings
+
+
+def test_an_unchanged_file_whose_atime_moved_is_not_read_but_gets_its_new_atime(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "f"
+    f.write_bytes(b"some content")
+    st = f.stat()
+    os.utime(f, ns=(st.st_mtime_ns - 10**12, st.st_mtime_ns))  # atime before mtime
+    backup_paths(repo, [src])
+    f.read_bytes()  # relatime moves an atime older than the mtime; the ctime stays
+    moved = f.stat()
+    if moved.st_atime_ns == st.st_mtime_ns - 10**12:
+        pytest.skip("the file system does not update atimes")
+    s = backup_paths(repo, [src])
+    assert s.files_unchanged == 1 and s.bytes_read == 0
+    node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(f)]
+    assert node.atime_ns == moved.st_atime_ns
+    assert content_of(repo, node) == b"some content"
+
+
+def test_a_small_file_grown_large_before_its_opening_is_stored_whole(repo, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(300_000))  # read by the large-file lane meanwhile
+    grower = src / "grower"
+    grower.write_bytes(b"x" * 1000)
+    tail = os.urandom(250_000)
+    monkeypatch.setattr(backup_mod, "PARALLEL_FILE_BYTES", 100_000)
+    monkeypatch.setattr(backup_mod, "STREAM_BLOCK", 20_000)
+    real_open = backup_mod.open_for_backup
+
+    def grow_then_open(path: bytes) -> int:
+        if path.endswith(b"/grower"):
+            with open(grower, "ab") as fh:
+                fh.write(tail)
+        return real_open(path)
+
+    monkeypatch.setattr(backup_mod, "open_for_backup", grow_then_open)
+    s = backup_paths(repo, [src])
+    nodes = nodes_of(repo, list_snapshots(repo)[-1].tree)
+    assert content_of(repo, nodes[rel(grower)]) == b"x" * 1000 + tail
+    assert content_of(repo, nodes[rel(src / "big")]) == (src / "big").read_bytes()
+    assert nodes[rel(grower)].error is None and not s.warnings
+
+
+def test_a_stop_request_seen_once_is_never_forgotten(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i}").write_bytes(os.urandom(5000))
+    calls = {"n": 0}
+
+    def flicker() -> bool:
+        # True exactly once: whoever saw it left files out.
+        calls["n"] += 1
+        return calls["n"] == 3
+
+    with pytest.raises(Interrupted):
+        backup_paths(repo, [src], should_stop=flicker)
+    assert repo.list_objects("snapshots") == []

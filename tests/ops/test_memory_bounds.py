@@ -78,8 +78,7 @@ def test_large_files_are_read_one_at_a_time_and_back_up_intact(
         try:
             return real(self, fd)
         finally:
-            assert self._stream_bufs is not None
-            buffers.update(id(b) for b in self._stream_bufs)
+            buffers.update(id(b) for b in self._tls.stream_bufs if b is not None)
             with lock:
                 active -= 1
 
@@ -87,8 +86,8 @@ def test_large_files_are_read_one_at_a_time_and_back_up_intact(
     s = backup_paths(repo, [src], backup_mod.BackupOptions(read_threads=4))
     assert s.files_new == 4 and not s.warnings
     assert most == 1
-    # Every large file streams through the same two buffers.
-    assert len(buffers) == 2
+    # Every large file streams through the same (at most two) buffers.
+    assert 1 <= len(buffers) <= 2
     snap = find_snapshot(repo, s.snapshot_id or "")
     restore_snapshot(repo, snap, tmp_path / "dst", subpath=bytes(src))
     for name, data in contents.items():

@@ -9,13 +9,15 @@ the parent (and whose content blobs are all still in the index, and which was
 read without error) is not read again; its content list is reused. Everything
 else is read, chunked and saved.
 
-Pipeline: the walk runs in the calling thread and never recurses (a 1,000-level
-deep tree is fine). Files to read go to a pool of reader threads; chunks of
-large files go on to a pool of saver threads, so one big file still keeps every
-core busy. Directories are finished in post-order once all their children are
-done; semaphores bound the work in flight, so memory does not grow with the
-tree. Source errors (a file that cannot be read) become warnings and the file
-is left out; repository errors abort the backup and no snapshot is written.
+Pipeline: directories are scanned by a pool of scanner threads, a few at a
+time in depth-first order (nothing recurses: a 1,000-level deep tree is
+fine). A scanner reads and saves the small files of its directory itself, in
+one read each; larger files go to the large-file lane, one at a time, their
+chunks saved by a pool of saver threads, so one big file still keeps every
+core busy. The calling thread finishes directories (encodes and saves their
+trees) once all their children are done. Source errors (a file that cannot
+be read) become warnings and the file is left out; repository errors abort
+the backup and no snapshot is written.
 """
 
 from __future__ import annotations
@@ -42,10 +44,13 @@ from resurgo.repo import BlobType, Repository
 from resurgo.snapshot.fsmeta import (
     data_extents,
     file_changed,
+    group_name,
     holes_from_extents,
     node_from_path,
     open_for_backup,
+    read_xattrs,
     show_path,
+    user_name,
 )
 from resurgo.snapshot.model import Node, NodeType, Snapshot, encode_tree
 from resurgo.snapshot.store import find_snapshot, list_snapshots, load_tree, save_snapshot
@@ -62,12 +67,17 @@ PARALLEL_FILE_BYTES = 8 << 20
 # busy. Each queued chunk is a view that keeps its whole read buffer (up to
 # READ_SIZE plus a carried tail) alive, so more only costs memory.
 CHUNKS_IN_FLIGHT_PER_SAVER = 2
-# New bytes read per refill of a large file's stream buffer, on top of the
-# chunker's maximum chunk size of look-ahead (docs/backup.md, "The pipeline").
-STREAM_BLOCK = 8 << 20
+# New bytes read per refill of a large file's stream buffer, and the room left
+# in it for the unfinished chunk carried over from the other buffer (a few
+# average chunks; a longer one makes the buffer grow while it lasts).
+STREAM_BLOCK = 4 << 20
+STREAM_TAIL_ROOM = 2 << 20
 # Directories scanned at once, per scanner thread: enough that a scanner never
 # waits for the walk to hand it the next directory.
 SCANS_IN_FLIGHT_PER_SCANNER = 4
+# Small files of a directory opened and hinted (POSIX_FADV_WILLNEED) ahead of
+# the one being read, per scanner: cold reads overlap without more threads.
+READ_AHEAD_FILES = 16
 _SCANNED, _CHILD = 0, 1
 
 
@@ -79,7 +89,9 @@ class BackupOptions:
     one_file_system: bool = False
     parent: str | None = None  # snapshot ID to compare with; None: latest of same host+paths
     force: bool = False  # re-read every file
-    read_threads: int = 2
+    # Directory scanners: cold reads of small files need several in flight (one
+    # thread reads 20,000 small files cold in ~7 s, four in ~1.1 s on the benchmark disk).
+    read_threads: int = 4
     save_threads: int = max(2, os.cpu_count() or 2)
     excludes_text: list[str] = field(default_factory=list)  # recorded in the snapshot
 
@@ -163,11 +175,14 @@ class _DirJob:
 class _Tally:
     """What one directory scan counted, added to the summary under the lock once."""
 
-    __slots__ = ("bytes_total", "changed", "dirs", "new", "others", "unchanged")
+    __slots__ = ("bytes_total", "changed", "dirs", "new", "others", "reads", "unchanged")
 
     def __init__(self) -> None:
         self.new = self.changed = self.unchanged = self.others = self.dirs = 0
         self.bytes_total = 0
+        # Small files to read once the directory is listed:
+        # (path, node, lstat, new, future for its other hard-linked names).
+        self.reads: list[tuple[bytes, Node, os.stat_result, bool, Future[Node | None] | None]] = []
 
     def count(self, new: bool) -> None:
         if new:
@@ -235,12 +250,13 @@ class _Backup:
         self._events: queue.SimpleQueue[tuple[int, _DirJob, BaseException | None]] = (
             queue.SimpleQueue()
         )
-        self._stream_bufs: tuple[bytearray, bytearray] | None = None
+        self._tls = threading.local()  # per-thread stream buffers (_save_stream)
         self._hardlinks: dict[tuple[int, int], Future[Node | None]] = {}
         self._fatal: BaseException | None = None
         # Set when the backup is abandoned: the workers stop at the next file
         # or chunk, so nothing is uploaded after the interrupt's indexing.
         self._closing = False
+        self._stop_seen = False
         self._last_progress = 0.0
 
     # -- bookkeeping -------------------------------------------------------------
@@ -265,7 +281,8 @@ class _Backup:
     def _check_stop(self) -> None:
         if self._fatal is not None:
             raise self._fatal
-        if self.should_stop():
+        if self._stop_seen or self.should_stop():
+            self._stop_seen = True
             raise Interrupted("backup interrupted; no snapshot was written")
 
     # -- file content -------------------------------------------------------------
@@ -302,11 +319,18 @@ class _Backup:
             results = [f.result() for f in futures]
         return [r[0] for r in results], total
 
-    def _read_file(self, path: bytes, node: Node, st: os.stat_result) -> Node:
-        try:
-            fd = open_for_backup(path)
-        except OSError as e:
-            raise _SourceProblem(f"cannot open: {e.strerror or e}")
+    def _read_file(self, path: bytes, node: Node, st: os.stat_result,
+                   opened: int | OSError | None = None) -> Node:
+        """Read and save one file; ``opened`` is its descriptor (or the error opening it)
+        when the caller opened it already. The descriptor is closed either way."""
+        if opened is None:
+            try:
+                opened = open_for_backup(path)
+            except OSError as e:
+                opened = e
+        if isinstance(opened, OSError):
+            raise _SourceProblem(f"cannot open: {opened.strerror or opened}")
+        fd = opened
         try:
             before = os.fstat(fd)
             if (not stat.S_ISREG(before.st_mode)
@@ -334,8 +358,8 @@ class _Backup:
             os.close(fd)
         node.content = ids
         node.holes = holes_from_extents(extents, size) if sparse else []
-        expected = sum(length for _, length in extents)
-        if file_changed(before, after) or nread != expected:
+        expected = sum(length for _, length in extents) if sparse else size
+        if nread != expected or file_changed(before, after):
             node.error = "changed while being read"
             node.size = before.st_size if nread == expected else nread + sum(h[1] for h in node.holes)
             self.warn(path, "file changed while it was being read; the stored copy may be inconsistent")
@@ -344,27 +368,30 @@ class _Backup:
         return node
 
     def _save_stream(self, fd: int) -> tuple[list[bytes], int]:
-        """Read a large file through two fixed buffers, its chunks saved by the saver pool.
+        """Read a large file through two reused buffers, its chunks saved by the saver pool.
 
-        Each buffer holds ``max_size`` bytes of look-ahead plus STREAM_BLOCK
-        new bytes. A cut is trusted only when at least ``max_size`` bytes
-        follow its start or the file has ended (FastCDC decides a boundary
-        from at most that many bytes), so the chunks equal those of cutting
-        the whole file at once. The untrusted tail is copied to the front of
-        the other buffer, which is refilled only once every chunk it held has
-        been saved: the savers get read-only views, never copies, and the
-        memory stays at two buffers whatever the file's size (runs only in
-        the single large-file thread, which owns the buffers).
+        A chunk that ends before the end of the data in the buffer is final:
+        FastCDC decides a boundary from the bytes before it only (the masks
+        depend on the distance from the chunk's start, never on what
+        follows), and a chunk that reaches ``max_size`` is cut there whatever
+        follows. Only the last chunk of a buffer may still grow; it is copied
+        to the front of the other buffer, in front of the next STREAM_BLOCK
+        bytes. So the chunks equal those of cutting the whole file at once.
+        A buffer is refilled only once every chunk it held has been saved:
+        the savers get read-only views, never copies, and the memory stays at
+        two buffers (STREAM_BLOCK plus a typical tail each; larger only while
+        a chunk longer than that is being cut) whatever the file's size. Each
+        thread has its own buffers: the large-file thread, and a scanner whose
+        small file grew past the limit before it was opened.
         """
-        max_size = self.chunker.max_size
-        cap = max_size + STREAM_BLOCK
-        if self._stream_bufs is None or len(self._stream_bufs[0]) != cap:
-            self._stream_bufs = (bytearray(cap), bytearray(cap))
-        views = [memoryview(b) for b in self._stream_bufs]
+        bufs: list[bytearray | None] | None = getattr(self._tls, "stream_bufs", None)
+        if bufs is None:
+            bufs = self._tls.stream_bufs = [None, None]
         in_buf: list[list[Future[tuple[bytes, bool]]]] = [[], []]
         futures: list[Future[tuple[bytes, bool]]] = []
         save = self.repo.save_blob
         cut = self.chunker._cdc.cut_buf
+        block = STREAM_BLOCK
         total = 0
         carry: memoryview | None = None
         i = 0
@@ -376,12 +403,16 @@ class _Backup:
                 in_buf[i] = []
                 if self._closing:
                     raise Interrupted("backup interrupted; no snapshot was written")
-                mv = views[i]
-                n = 0
+                n = len(carry) if carry is not None else 0
+                buf = bufs[i]
+                if buf is None or len(buf) < n + block:
+                    # Room for a typical tail without reallocating next time.
+                    buf = bufs[i] = bytearray(max(n + block, block + STREAM_TAIL_ROOM))
+                mv = memoryview(buf)
                 if carry is not None:
-                    n = len(carry)
                     mv[:n] = carry
                     carry = None
+                cap = len(buf)
                 while n < cap:
                     got = os.readv(fd, [mv[n:]])
                     if not got:
@@ -390,10 +421,11 @@ class _Backup:
                     n += got
                 data = mv[:n].toreadonly()
                 for c in cut(data):
-                    if not eof and c.offset + max_size > n:
-                        carry = data[c.offset:]
+                    end = c.offset + c.length
+                    if end == n and not eof:
+                        carry = data[c.offset:]  # may grow with the next bytes
                         break
-                    f = self._savers.submit(save, BlobType.DATA, data[c.offset:c.offset + c.length])
+                    f = self._savers.submit(save, BlobType.DATA, data[c.offset:end])
                     in_buf[i].append(f)
                     futures.append(f)
                     total += c.length
@@ -494,12 +526,42 @@ class _Backup:
         has_blob = self.repo.has_blob
         return all(has_blob(BlobType.DATA, b) for b in old.content)
 
+    def _same_as_before(self, path: bytes, st: os.stat_result, old: Node) -> bool:
+        """Whether a regular file is unchanged (as ``_unchanged``) and its node would
+        equal ``old`` field for field, xattrs included."""
+        return (
+            st.st_mtime_ns == old.mtime_ns and st.st_ctime_ns == old.ctime_ns
+            and st.st_size == old.size and st.st_ino == old.inode and st.st_dev == old.device_id
+            and st.st_atime_ns == old.atime_ns and stat.S_IMODE(st.st_mode) == old.mode
+            and st.st_uid == old.uid and st.st_gid == old.gid and st.st_nlink == old.nlink
+            and old.rdev == 0 and old.linktarget is None and old.subtree is None
+            and user_name(st.st_uid) == old.user and group_name(st.st_gid) == old.group
+            and self._unchanged(old, old)
+            and read_xattrs(path) == old.xattrs
+        )
+
     def _stop_requested(self) -> bool:
-        return self._closing or self._fatal is not None or self.should_stop()
+        if self._closing or self._fatal is not None or self._stop_seen:
+            return True
+        if self.should_stop():
+            # Remembered: a worker that left files out on a stop request must
+            # never see its directory saved, whatever should_stop says later.
+            self._stop_seen = True
+            return True
+        return False
 
     def _add_entry(self, job: _DirJob, path: bytes, name: bytes, st: os.stat_result,
                    old: Node | None, tally: _Tally) -> None:
         """Add one non-directory entry of ``job``: a finished node, or a future for a large file."""
+        if (old is not None and old.type is NodeType.FILE and stat.S_ISREG(st.st_mode)
+                and self._same_as_before(path, st, old)):
+            # The parent's node describes the file exactly (content and
+            # metadata): keep it as it is, so the directory's comparison with
+            # the parent tree is quick and no node is built.
+            tally.unchanged += 1
+            tally.bytes_total += st.st_size
+            job.children.append(old)
+            return
         try:
             node = node_from_path(path, st, name=name)
         except (OSError, ValueError) as e:
@@ -532,33 +594,71 @@ class _Backup:
                 job.children.append(self._link_copy(first, node))
                 tally.count(new)
                 return
-            try:
-                done = self._read_now_or_later(job, path, node, st, new, tally)
-            except BaseException as e:
-                mine.set_exception(e)
-                raise
-            if isinstance(done, Future):
-                done.add_done_callback(lambda f: _chain(f, mine))
-            else:
-                mine.set_result(done)
+            self._queue_read(job, path, node, st, new, tally, mine)
             return
-        self._read_now_or_later(job, path, node, st, new, tally)
+        self._queue_read(job, path, node, st, new, tally, None)
 
-    def _read_now_or_later(self, job: _DirJob, path: bytes, node: Node, st: os.stat_result,
-                           new: bool, tally: _Tally) -> Node | Future[Node | None] | None:
-        """Read a small file here (in the scanning thread); queue a large one for the large-file lane."""
+    def _queue_read(self, job: _DirJob, path: bytes, node: Node, st: os.stat_result,
+                           new: bool, tally: _Tally, link: Future[Node | None] | None) -> None:
+        """Queue a small file to be read by this scan once its listing is done; a large
+        one for the large-file lane. ``link`` gets the result for the file's other names."""
         if st.st_size > _small_limit():
             fut = self._large.submit(self._file_job, path, node, st, "new" if new else "changed")
             job.children.append(fut)
-            return fut
+            if link is not None:
+                fut.add_done_callback(lambda f: _chain(f, link))
+            return
+        tally.reads.append((path, node, st, new, link))
+
+    def _open_ahead(self, path: bytes, size: int) -> int | OSError:
+        """Open a file to read soon and ask the kernel to start reading it (async)."""
         try:
-            done = self._read_file(path, node, st)
-        except _SourceProblem as e:
-            self.warn(path, str(e))
-            return None
-        tally.count(new)
-        job.children.append(done)
-        return done
+            fd = open_for_backup(path)
+        except OSError as e:
+            return e
+        if size:
+            try:
+                os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass  # only a hint
+        return fd
+
+    def _read_listed(self, job: _DirJob, tally: _Tally) -> None:
+        """Read and save the small files the scan queued, a window of them opened ahead.
+
+        Each file of the window is opened and its data asked for with
+        ``POSIX_FADV_WILLNEED``, which starts the read without waiting for
+        it: the disk gets many requests at once from one thread (cold reads
+        of 20,000 small files: 2.4 s with one thread, 1.3 s with the hints).
+        """
+        reads = tally.reads
+        opened: dict[int, int | OSError] = {}
+        ahead = 0
+        try:
+            for k, (path, node, st, new, link) in enumerate(reads):
+                if self._stop_requested():
+                    return
+                while ahead < len(reads) and ahead <= k + READ_AHEAD_FILES:
+                    opened[ahead] = self._open_ahead(reads[ahead][0], reads[ahead][2].st_size)
+                    ahead += 1
+                try:
+                    done: Node | None = self._read_file(path, node, st, opened.pop(k))
+                except _SourceProblem as e:
+                    self.warn(path, str(e))
+                    done = None
+                except BaseException as e:
+                    if link is not None:
+                        link.set_exception(e)
+                    raise
+                if link is not None:
+                    link.set_result(done)
+                if done is not None:
+                    tally.count(new)
+                    job.children.append(done)
+        finally:
+            for fd in opened.values():
+                if isinstance(fd, int):
+                    os.close(fd)
 
     def _link_copy(self, first: Future[Node | None], node: Node) -> Future[Node | None]:
         fut: Future[Node | None] = Future()
@@ -585,6 +685,7 @@ class _Backup:
         tally = _Tally()
         try:
             self._scan_entries(job, tally)
+            self._read_listed(job, tally)
         finally:
             with self._lock:
                 tally.add_to(self.summary)
@@ -740,7 +841,7 @@ class _Backup:
         old = job.old_nodes
         if (
             old is not None and job.old_subtree is not None and len(old) == len(nodes)
-            and all(old.get(n.name) == n for n in nodes)
+            and all(old.get(n.name) is n or old.get(n.name) == n for n in nodes)
             and self.repo.has_blob(BlobType.TREE, job.old_subtree)
         ):
             job.node.subtree = job.old_subtree
@@ -797,6 +898,7 @@ class _Backup:
                 holder = _DirJob(path, Node(name=b"", type=NodeType.DIR), None, None)
                 tally = _Tally()
                 self._add_entry(holder, full, name, st, old, tally)
+                self._read_listed(holder, tally)
                 with self._lock:
                     tally.add_to(self.summary)
                 for c in holder.children:

@@ -31,7 +31,7 @@ from typing import Any
 import blake3
 import numpy as np
 
-from resurgo.backend import Backend, layout
+from resurgo.backend import Backend, layout, stager
 from resurgo.errors import (
     BlobNotFound,
     CorruptObject,
@@ -45,7 +45,8 @@ from resurgo.errors import (
 from resurgo.repo.cache import RepoCache
 from resurgo.repo.chunker import Chunker
 from resurgo.repo.config import RepoConfig, RepoParams
-from resurgo.repo.crypto import Kind, Sealer
+from resurgo.repo.crypto import Dictionary, Kind, Sealer
+from resurgo.repo.dictionary import DictionaryStore
 from resurgo.repo.index import (
     BlobLocation,
     DecodedIndex,
@@ -76,6 +77,8 @@ class BlobType(IntEnum):
 
 
 _BLOB_KIND = {BlobType.DATA: Kind.DATA, BlobType.TREE: Kind.TREE}
+# By plain int: the write path runs once per blob, and BlobType(n) costs about a microsecond.
+_KIND_OF_TYPE: dict[int, Kind] = {int(t): k for t, k in _BLOB_KIND.items()}
 _OBJECT_KINDS = {"snapshots": Kind.SNAPSHOT}
 # Write an index object at least every this many packs, or this many seconds
 # after the last one (whichever comes first), so a writer that dies or is
@@ -124,7 +127,13 @@ class Repository:
         self.config = config
         self.key_id = key_id
         self._master = master
-        self._sealer = Sealer(master.encrypt, config.params.compression_level)
+        # Compression dictionaries (repo/dictionary.py): the sealer finds the
+        # ones envelopes name through the store.
+        self.dictionaries = DictionaryStore(backend)
+        self._sealer = Sealer(
+            master.encrypt, config.params.compression_level, dictionaries=self.dictionaries.resolve
+        )
+        self.dictionaries.bind(self._sealer)
         self._cache_dir = cache_dir / config.id if cache_dir else None
         # Snapshot objects and tree packs kept locally (repo/cache.py).
         self._cache = RepoCache(self._cache_dir) if self._cache_dir else None
@@ -144,6 +153,9 @@ class Repository:
         self._inflight = 0
         self._pending: set[tuple[int, bytes]] = set()
         self._packers: dict[int, PackWriter] = {}
+        # Packs go straight to temporary files when the backend offers it
+        # (local directories), instead of being held in memory (repo/pack.py).
+        self._stage = stager(backend)
         self._unindexed: dict[bytes, list[PackedBlob]] = {}
         self._tree_cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._tree_cache_bytes = 0
@@ -248,6 +260,10 @@ class Repository:
         return repo
 
     def close(self) -> None:
+        with self._lock:
+            unfinished, self._packers = list(self._packers.values()), {}
+        for p in unfinished:  # blobs never stored (no flush): drop their temporary files
+            p.discard()
         self._end_session()
         self.backend.close()
 
@@ -483,12 +499,46 @@ class Repository:
     def _seal_and_pack(self, blob_type: int, bid: bytes, data: bytes | memoryview) -> None:
         """Seal a blob already marked pending and add it to its type's pack.
 
+        Data blobs may be kept back as dictionary training samples and sealed
+        later, with the dictionary (repo/dictionary.py; ``flush`` seals them all).
+        """
+        if blob_type != BlobType.DATA:
+            self._seal_batch(blob_type, [(bid, data)], None)
+            return
+        try:
+            admitted = self.dictionaries.admit(bid, data)
+        except BaseException:
+            with self._lock:
+                self._pending.discard((blob_type, bid))
+            raise
+        if admitted is not None:
+            self._seal_batch(blob_type, admitted[1], admitted[0])
+
+    def _seal_batch(
+        self, blob_type: int, batch: list[tuple[bytes, bytes | memoryview]], dictionary: Dictionary | None
+    ) -> None:
+        for i, (bid, data) in enumerate(batch):
+            try:
+                self._seal_one(blob_type, bid, data, dictionary)
+            except BaseException:
+                with self._lock:  # the rest were never stored either
+                    for later, _ in batch[i + 1 :]:
+                        self._pending.discard((blob_type, later))
+                raise
+
+    def _seal_one(
+        self, blob_type: int, bid: bytes, data: bytes | memoryview, dictionary: Dictionary | None
+    ) -> None:
+        """Seal one blob and add it to its type's pack.
+
         Uploads the pack when it reaches the target size. On a sealing error the
         blob leaves the pending set, so a later save can store it.
         """
         key = (blob_type, bid)
         try:
-            env = self._sealer.seal(_BLOB_KIND[BlobType(blob_type)], data, blob_context(blob_type, bid))
+            env = self._sealer.seal(
+                _KIND_OF_TYPE[blob_type], data, blob_context(blob_type, bid), dictionary=dictionary
+            )
         except BaseException:
             with self._lock:
                 self._pending.discard(key)
@@ -497,14 +547,16 @@ class Repository:
         with self._lock:
             packer = self._packers.get(blob_type)
             if packer is None:
-                packer = self._packers[blob_type] = PackWriter()
-            packer.add(blob_type, bid, env, len(data))
+                packer = self._packers[blob_type] = PackWriter(self._stage)
+            spill = packer.add(blob_type, bid, env, len(data))
             self.stats_added["blobs"] += 1
             self.stats_added["bytes_raw"] += len(data)
             self.stats_added["bytes_stored"] += len(env)
             if packer.size >= self.config.params.pack_size:
                 finished = self._packers.pop(blob_type)
                 self._inflight += 1
+        if spill is not None:
+            packer.spill(spill)
         if finished is not None:
             self._upload(finished)
 
@@ -513,8 +565,12 @@ class Repository:
         try:
             try:
                 pack_hex, data, blobs = packer.finish(self._sealer)
-                self.backend.put(layout.pack(pack_hex), memoryview(data))
+                if data is None:
+                    packer.commit(layout.pack(pack_hex))
+                else:
+                    self.backend.put(layout.pack(pack_hex), data)
             except BaseException:
+                packer.discard()
                 # The blobs were never stored: forget them, or a later save of
                 # the same data would be skipped as "pending" and never written.
                 with self._lock:
@@ -550,7 +606,7 @@ class Repository:
             pid: [(b.type, b.id, b.offset, b.length, b.raw_length) for b in blobs]
             for pid, blobs in batch.items()
         }
-        env = self._sealer.seal(Kind.INDEX, encode_index(packs), compress=False)
+        env = self._sealer.seal(Kind.INDEX, encode_index(packs))
         name = object_id(env)
         try:
             self._writer_session().check("write an index object")
@@ -569,6 +625,8 @@ class Repository:
         After ``flush`` returns, every blob saved so far is durable and indexed,
         so a snapshot referencing them may be saved.
         """
+        dictionary, kept = self.dictionaries.release()
+        self._seal_batch(BlobType.DATA, kept, dictionary)
         with self._lock:
             packers = [p for p in self._packers.values() if len(p)]
             self._packers = {}
@@ -906,7 +964,7 @@ class Repository:
         """
         session = self._writer_session()
         plain = encode_index_arrays(pack_ids, entries, [bytes.fromhex(n) for n in supersedes])
-        env = self._sealer.seal(Kind.INDEX, plain, compress=False)
+        env = self._sealer.seal(Kind.INDEX, plain)
         name = object_id(env)
         session.check("write an index object")
         self.backend.put(layout.INDEX + name, env)
