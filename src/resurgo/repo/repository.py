@@ -530,7 +530,7 @@ class Repository:
         """
         key = (blob_type, bid)
         try:
-            env = self._sealer.seal(
+            env = self._sealer.seal_view(
                 _BLOB_KIND[BlobType(blob_type)], data, blob_context(blob_type, bid), dictionary=dictionary
             )
         except BaseException:
