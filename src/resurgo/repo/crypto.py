@@ -14,8 +14,8 @@ refuses it as an unsupported version instead of calling it damaged.
 
 Nonces are 96 random bits from the OS CSPRNG per envelope. With random nonces
 the collision risk stays below 2^-32 up to 2^32 envelopes per key (NIST SP
-800-38D, 8.3); at the default 1 MiB average chunk that is about 4 PiB of unique
-data per repository key, far beyond the target. A deterministic nonce
+800-38D, 8.3); at the default 640 KiB mean chunk that is about 2.5 PiB of
+unique data per repository key, far beyond the target. A deterministic nonce
 (derived from the blob ID) was rejected: a blob re-encoded with another
 compression level would reuse a nonce with different plaintext.
 """
