@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat as stat_mod
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,7 +209,9 @@ class LocalBackend:
     def _open_temp(self, directory: str, *, readable: bool = False) -> tuple[str, int]:
         """Create a fresh temporary file in ``directory``, creating the directory if needed."""
         for _ in range(100):
-            tmp = os.path.join(directory, TEMP_PREFIX + secrets.token_hex(8))
+            # os.urandom, as secrets.token_hex does: importing secrets loads
+            # OpenSSL's libcrypto (via hmac), 4 MiB before the key derivation.
+            tmp = os.path.join(directory, TEMP_PREFIX + os.urandom(8).hex())
             flags = (os.O_RDWR if readable else os.O_WRONLY) | os.O_CREAT | os.O_EXCL
             try:
                 return tmp, os.open(tmp, flags, _FILE_MODE)

@@ -15,11 +15,8 @@ write is the local index cache.
 from __future__ import annotations
 
 import dataclasses
-import getpass
-import hmac
 import json
 import os
-import socket
 import threading
 import time
 from collections import OrderedDict
@@ -42,10 +39,8 @@ from resurgo.errors import (
     ObjectExists,
     ObjectNotFound,
     RepositoryExists,
-    RepositoryNotFound,
     UnsupportedVersion,
     UsageError,
-    WrongPassword,
 )
 from resurgo.repo.cache import RepoCache
 from resurgo.repo.chunker import Chunker
@@ -60,7 +55,17 @@ from resurgo.repo.index import (
     encode_index,
     encode_index_arrays,
 )
-from resurgo.repo.keys import KDFParams, KeyFile, MasterKey, make_key_file, parse_key_file, unwrap
+from resurgo.repo.keys import (
+    KDFParams,
+    KeyFile,
+    MasterKey,
+    NewKey,
+    Unlocked,
+    key_owner,
+    make_key_file,
+    parse_key_file,
+    unlock,
+)
 from resurgo.repo.marks import SWEEPING, list_marks
 from resurgo.repo.pack import PackedBlob, PackWriter, verify_pack_bytes
 from resurgo.repo.sessions import SessionLost, SessionSettings, WriterSession
@@ -72,6 +77,8 @@ class BlobType(IntEnum):
 
 
 _BLOB_KIND = {BlobType.DATA: Kind.DATA, BlobType.TREE: Kind.TREE}
+# By plain int: the write path runs once per blob, and BlobType(n) costs about a microsecond.
+_KIND_OF_TYPE: dict[int, Kind] = {int(t): k for t, k in _BLOB_KIND.items()}
 _OBJECT_KINDS = {"snapshots": Kind.SNAPSHOT}
 # Write an index object at least every this many packs, or this many seconds
 # after the last one (whichever comes first), so a writer that dies or is
@@ -100,12 +107,7 @@ def object_id(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()
 
 
-def _whoami() -> tuple[str, str]:
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = str(os.getuid())
-    return socket.gethostname(), user
+_whoami = key_owner
 
 
 class Repository:
@@ -187,6 +189,7 @@ class Repository:
         cache_dir: Path | None = None,
         sessions: SessionSettings | None = None,
         chunker_params_from: Repository | None = None,
+        key: NewKey | None = None,
     ) -> Repository:
         """Create a repository at ``backend``.
 
@@ -196,7 +199,13 @@ class Repository:
         same blob IDs in both and ``copy`` moves blobs without re-hashing them
         (docs/design.md, "Copying between repositories"). ``params`` then only
         chooses the pack size and compression level.
+
+        ``key`` is a master key and key file made beforehand with
+        ``keys.new_key(password, ...)`` (docs/design.md, "Start-up"); ``kdf``
+        is then unused.
         """
+        if key is not None and chunker_params_from is not None:
+            raise ValueError("a prepared key cannot share another repository's blob-ID key")
         if not password:
             raise UsageError("an empty password is not allowed")
         try:
@@ -204,12 +213,16 @@ class Repository:
             raise RepositoryExists(f"a repository already exists at {backend.url}")
         except ObjectNotFound:
             pass
-        master = MasterKey.generate()
+        master = key.master if key is not None else MasterKey.generate()
         config = RepoConfig.new(params or RepoParams())
         if chunker_params_from is not None:
             master, config = chunker_params_from._sharing_blob_ids(master, config)
-        host, user = _whoami()
-        key_id, raw = make_key_file(master, password, kdf or KDFParams(), hostname=host, username=user)
+        if key is not None:
+            key_id, raw = key.key_id, key.raw
+        else:
+            host, user = _whoami()
+            key_id, raw = make_key_file(master, password, kdf or KDFParams(), hostname=host,
+                                        username=user)
         # The key goes first: a config without any key would be unopenable.
         backend.put(layout.KEYS + key_id, raw, create_only=True)
         sealer = Sealer(master.encrypt)
@@ -227,39 +240,24 @@ class Repository:
         cls, backend: Backend, password: str, *, cache_dir: Path | None = None,
         sessions: SessionSettings | None = None,
     ) -> Repository:
-        try:
-            config_env = backend.get(layout.CONFIG)
-        except ObjectNotFound:
-            raise RepositoryNotFound(f"no repository at {backend.url} (run 'resurgo init' first)")
-        key_ids = sorted(layout.name_of(o.key) for o in backend.list(layout.KEYS))
-        damaged: list[str] = []
-        config_error: CorruptObject | None = None
-        for key_id in key_ids:
-            try:
-                kf = parse_key_file(key_id, backend.get(layout.KEYS + key_id))
-            except (CorruptObject, UnsupportedVersion, ObjectNotFound):
-                # One damaged (or concurrently removed) key file must not lock
-                # everybody out: the other keys may still open the repository.
-                damaged.append(key_id)
-                continue
-            master = unwrap(kf, password)
-            if master is None:
-                continue
-            try:
-                raw = Sealer(master.encrypt).open(Kind.CONFIG, config_env, name="config")
-            except CorruptObject as e:
-                # A stray key of another repository (lost init race), or a
-                # damaged config: say which if no other key opens it.
-                config_error = e
-                continue
-            repo = cls(backend, master, RepoConfig.from_json(raw), key_id, cache_dir=cache_dir,
-                       sessions=sessions)
-            repo.load_index()
-            return repo
-        if config_error is not None:
-            raise config_error
-        extra = f" ({len(damaged)} damaged key files: {', '.join(damaged)})" if damaged else ""
-        raise WrongPassword(f"wrong password: no key in {backend.url} opens with it{extra}")
+        """Open the repository with ``password`` (see ``keys.unlock`` for the errors)."""
+        return cls.open_unlocked(backend, unlock(backend, password), cache_dir=cache_dir,
+                                 sessions=sessions)
+
+    @classmethod
+    def open_unlocked(
+        cls, backend: Backend, unlocked: Unlocked, *, cache_dir: Path | None = None,
+        sessions: SessionSettings | None = None,
+    ) -> Repository:
+        """Open the repository with a key already found by ``keys.unlock``.
+
+        The split lets a caller derive the key before importing this module
+        (docs/design.md, "Start-up").
+        """
+        repo = cls(backend, unlocked.master, RepoConfig.from_json(unlocked.config),
+                   unlocked.key_id, cache_dir=cache_dir, sessions=sessions)
+        repo.load_index()
+        return repo
 
     def close(self) -> None:
         with self._lock:
@@ -326,6 +324,8 @@ class Repository:
 
     def shares_blob_ids_with(self, other: Repository) -> bool:
         """Whether ``other`` names every blob as this repository does (same blob-ID key)."""
+        import hmac  # here, not at the top: it loads OpenSSL's libcrypto (3.4 MiB)
+
         return hmac.compare_digest(self._master.id_mac, other._master.id_mac)
 
     def _sharing_blob_ids(self, master: MasterKey, config: RepoConfig) -> tuple[MasterKey, RepoConfig]:
@@ -434,7 +434,10 @@ class Repository:
         if path is None or not path.exists():
             return MemoryIndex(), set(), set()
         try:
-            plain = self._sealer.open(Kind.CACHE, path.read_bytes(), name="index cache")
+            # A memoryview, so that no slice copies the envelope or the plaintext;
+            # the loaded arrays are views into the decrypted bytes.
+            plain = self._sealer.open(Kind.CACHE, memoryview(path.read_bytes()),
+                                      name="index cache")
             hlen = int.from_bytes(plain[:4], "little")
             header = json.loads(plain[4 : 4 + hlen])
             covered = set(header["index"])
@@ -443,7 +446,7 @@ class Repository:
                 # Index objects were removed (compaction): start afresh rather
                 # than keep entries for packs that may be gone.
                 return MemoryIndex(), set(), set()
-            return MemoryIndex.load(plain[4 + hlen :]), covered, superseded & names
+            return MemoryIndex.load(plain, 4 + hlen), covered, superseded & names
         except Exception:
             # A damaged cache is never trusted: rebuild from the repository.
             return MemoryIndex(), set(), set()
@@ -457,7 +460,10 @@ class Repository:
         header = json.dumps(
             {"index": sorted(names), "superseded": sorted(superseded or ())}
         ).encode()
-        plain = len(header).to_bytes(4, "little") + header + index.dump()
+        # Padded (JSON allows trailing spaces) so that the arrays after it are
+        # aligned and load as views, not copies (MemoryIndex.load).
+        header += b" " * (-(4 + len(header)) % 8)
+        plain = index.dump(prefix=(len(header).to_bytes(4, "little"), header))
         env = self._sealer.seal(Kind.CACHE, plain, compress=False)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -531,7 +537,7 @@ class Repository:
         key = (blob_type, bid)
         try:
             env = self._sealer.seal_view(
-                _BLOB_KIND[BlobType(blob_type)], data, blob_context(blob_type, bid), dictionary=dictionary
+                _KIND_OF_TYPE[blob_type], data, blob_context(blob_type, bid), dictionary=dictionary
             )
         except BaseException:
             with self._lock:
