@@ -413,3 +413,32 @@ def test_verify_blob_envelope_names_wrong_length_id_and_type(store: FaultyBacken
     sealed = repo.sealer().seal(Kind.DATA, b"some content", blob_context(BlobType.DATA, other))
     with pytest.raises(CorruptObject, match="content does not match its ID"):
         repo.verify_blob_envelope(PackedBlob(BlobType.DATA, other, 0, len(sealed), 12), sealed, pack_hex)
+
+
+def test_open_digest_opens_dictionary_compressed_envelopes_as_open_does() -> None:
+    from resurgo.repo.crypto import Dictionary
+    from resurgo.repo.dictionary import train
+
+    r = random.Random(9)
+    words = [bytes(r.choice(b"abcdefgh") for _ in range(r.randrange(3, 9))) for _ in range(200)]
+    samples = [b" ".join(r.choice(words) for _ in range(r.randrange(50, 400))) for _ in range(300)]
+    trained = train(samples, 3)
+    assert trained is not None
+    dictionary = Dictionary(b"dict-tag", trained)
+
+    def resolve(tag: bytes) -> Dictionary:
+        if tag != dictionary.tag:
+            raise CorruptObject(f"dictionary {tag.hex()}", "not found")
+        return dictionary
+
+    key = os.urandom(32)
+    sealer = Sealer(key, dictionaries=resolve)
+    for plain in samples[:20]:
+        env = sealer.seal(Kind.DATA, plain, b"ctx", dictionary=dictionary)
+        assert env[2] == 2  # compressed with the dictionary
+        assert _open_digest(sealer, env, b"ctx", len(plain)) == sealer.open(Kind.DATA, env, b"ctx", name="x")
+    without = Sealer(key)  # no way to load dictionaries: the same error as open's
+    with pytest.raises(CorruptObject, match="needs a dictionary"):
+        without.open(Kind.DATA, env, b"ctx", name="x")
+    with pytest.raises(CorruptObject, match="needs a dictionary"):
+        _open_digest(without, env, b"ctx", len(plain))

@@ -1,7 +1,8 @@
 """check: prove that every snapshot can be restored, or say exactly what cannot.
 
 Three layers, each reporting *problems* that name the damaged object:
-1. index objects load (repo open recorded the ones that did not);
+1. index objects and compression dictionaries load (repo open recorded the
+   index objects that did not);
 2. structure: the index agrees with the packs' trailers, every indexed pack
    exists; packs no index names are *unused* (an interrupted backup), not damage;
 3. references: every snapshot decodes, every tree it reaches loads and
@@ -135,6 +136,8 @@ def check_repository(
     packs = list_packs(repo)
     trailers = check_structure(repo, report, reporter, packs=packs)
     check_index_objects(repo, report)
+    for name, error in repo.dictionaries.verify().items():
+        report.add("corrupt-dictionary", f"dicts/{name}", error)
     if not (read_all_data or subset):
         reporter.event("phase", name="snapshots")
         check_snapshots(repo, report, reporter)
