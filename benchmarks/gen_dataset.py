@@ -23,12 +23,20 @@ day of work does: ~1 % of the small files (< 64 KiB) edited in the middle or
 appended to, 4 KiB inserted in the middle of the largest file (in place, same
 inode), 100 new small files and 50 deleted ones per 20,000 small files
 (at least 1 each). Needs only the standard library and numpy.
+
+Two shapes for scale runs (``scale_bench.py``), equally deterministic:
+``many-files DIR --files N`` writes N small distinct text files (median ~0.5 KB,
+100 per directory), and ``sized DIR --gb G`` writes about G GB of the mixed shape
+above as ~1 GB parts (``part-000/`` ...), each a ``generate`` tree with its own
+seed, so every size has the same mix per GB. Neither changes what ``generate``
+writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import stat
@@ -461,6 +469,122 @@ def generate(root: Path, scale: float, seed: int) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- scale shapes
+
+FILES_PER_DIR = 100
+# What ``generate(scale=1.0)`` writes (939 MB for seed 1; other seeds differ by
+# well under 1 %): ``generate_sized`` divides by it to pick each part's scale.
+SCALE_1_BYTES = 939_000_000
+SIZED_PART_BYTES = 1_000_000_000
+
+
+def generate_many_files(root: Path, n_files: int, seed: int) -> dict[str, Any]:
+    """``n_files`` small text files, 100 per directory in two directory levels.
+
+    Sizes are log-normal (median ~0.5 KB, mean ~0.85 KB, at most 16 KiB); each
+    file is a slice of a shared pool of code-like text headed by its own number,
+    so every file's content is distinct (no whole-file deduplication). Modes
+    (1 % 0600, 1 % 0755) and nanosecond mtimes are set explicitly, so the same
+    count and seed always give the same tree. Writing goes through raw file
+    descriptors; the time is almost all file creation in the kernel.
+    """
+    t_start = time.perf_counter()
+    if n_files < 1:
+        raise SystemExit("--files must be at least 1")
+    if root.exists() and any(root.iterdir()):
+        raise SystemExit(f"{root} exists and is not empty")
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    vocab = Vocabulary(seed)
+    limit = 16 * 1024
+    pool = vocab.text(rng, 8 * MiB)
+    sizes = np.minimum(rng.lognormal(6.2, 1.0, n_files).astype(np.int64) + 16, limit).tolist()
+    offsets = rng.integers(0, len(pool) - limit, n_files).tolist()
+    modes = rng.choice(np.array([0o644, 0o600, 0o755]), n_files, p=[0.98, 0.01, 0.01]).tolist()
+    mtimes = (
+        (BASE_TIME - rng.integers(0, 300 * 86400, n_files)) * 1_000_000_000
+        + rng.integers(0, 1_000_000_000, n_files)
+    ).tolist()
+    n_dirs = -(-n_files // FILES_PER_DIR)
+    fan = max(1, math.isqrt(n_dirs - 1) + 1)  # top-level directories, each with <= fan leaves
+    leaves: list[str] = []
+    total = 0
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    base = str(root)
+    leaf = ""
+    for i in range(n_files):
+        if i % FILES_PER_DIR == 0:
+            d = i // FILES_PER_DIR
+            leaf = f"{base}/d{d // fan:03d}/d{d % fan:03d}"
+            os.makedirs(leaf)
+            leaves.append(leaf)
+        head = b"# %d\n" % i
+        data = head + pool[offsets[i] : offsets[i] + max(0, sizes[i] - len(head))]
+        fd = os.open(f"{leaf}/f{i:07d}.txt", flags, 0o600)
+        try:
+            os.write(fd, data)
+            os.fchmod(fd, modes[i])
+            os.utime(fd, ns=(mtimes[i], mtimes[i]))
+        finally:
+            os.close(fd)
+        total += len(data)
+    tops = sorted({os.path.dirname(x) for x in leaves})
+    dir_times = (
+        (BASE_TIME - rng.integers(0, 300 * 86400, len(leaves) + len(tops) + 1)) * 1_000_000_000
+    ).tolist()
+    for path, t in zip([*leaves, *tops, base], dir_times, strict=True):
+        os.utime(path, ns=(t, t))
+    return {
+        "root": str(root),
+        "shape": "many-files",
+        "seed": seed,
+        "files": n_files,
+        "dirs": len(leaves) + len(tops),
+        "bytes": total,
+        "seconds": round(time.perf_counter() - t_start, 2),
+    }
+
+
+def generate_sized(
+    root: Path, target_bytes: int, seed: int, part_bytes: int = SIZED_PART_BYTES
+) -> dict[str, Any]:
+    """About ``target_bytes`` of the mixed ``generate`` shape, as parts of ~1 GB.
+
+    ``part-000/``, ``part-001/``, ... are each a ``generate`` tree with its own
+    seed (``seed * 1000 + k``) at the scale that gives ``target_bytes / parts``,
+    so 1, 4 and 16 GB have the same mix of file sizes, compressibility and
+    in-file duplication per GB, and memory stays bounded while writing.
+    """
+    t_start = time.perf_counter()
+    if target_bytes <= 0:
+        raise SystemExit("the target size must be positive")
+    if root.exists() and any(root.iterdir()):
+        raise SystemExit(f"{root} exists and is not empty")
+    n_parts = max(1, round(target_bytes / part_bytes))
+    if n_parts >= 1000:
+        raise SystemExit("at most 999 parts")
+    scale = target_bytes / n_parts / SCALE_1_BYTES
+    root.mkdir(parents=True, exist_ok=True)
+    files = total = 0
+    for k in range(n_parts):
+        info = generate(root / f"part-{k:03d}", scale, seed * 1000 + k)
+        files += info["files"]
+        total += info["bytes"]
+    t = (BASE_TIME - random.Random(seed).randint(0, 86400)) * 1_000_000_000
+    os.utime(root, ns=(t, t))
+    return {
+        "root": str(root),
+        "shape": "sized",
+        "seed": seed,
+        "target_bytes": target_bytes,
+        "parts": n_parts,
+        "part_scale": scale,
+        "files": files,
+        "bytes": total,
+        "seconds": round(time.perf_counter() - t_start, 2),
+    }
+
+
 def _regular_files(root: Path) -> list[tuple[Path, int]]:
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -559,9 +683,21 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("mutate", help="apply the deterministic day-of-work mutation in place")
     m.add_argument("dir", type=Path)
     m.add_argument("--seed", type=int, default=2)
+    f = sub.add_parser("many-files", help="write N small files (default one million)")
+    f.add_argument("dir", type=Path)
+    f.add_argument("--files", type=int, default=1_000_000)
+    f.add_argument("--seed", type=int, default=1)
+    z = sub.add_parser("sized", help="write about GB gigabytes of the mixed shape, in ~1 GB parts")
+    z.add_argument("dir", type=Path)
+    z.add_argument("--gb", type=float, required=True, help="target size in GB (10^9 bytes)")
+    z.add_argument("--seed", type=int, default=1)
     a = ap.parse_args(argv)
     if a.cmd == "generate":
         info = generate(a.dir, a.scale, a.seed)
+    elif a.cmd == "many-files":
+        info = generate_many_files(a.dir, a.files, a.seed)
+    elif a.cmd == "sized":
+        info = generate_sized(a.dir, round(a.gb * 1e9), a.seed)
     else:
         info = mutate(a.dir, a.seed)
     json.dump(info, sys.stdout, indent=2)

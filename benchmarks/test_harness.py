@@ -1,18 +1,23 @@
-"""Self-tests of the benchmark harness: generator determinism, the mutation and
-the restore comparator. Run with ``.venv/bin/pytest benchmarks/test_harness.py``
+"""Self-tests of the benchmark harness: generator determinism, the mutation, the
+restore comparator and the scale runs (tiny sizes). Run with ``.venv/bin/pytest benchmarks/test_harness.py``
 (not part of the project's test suite: ``testpaths`` is ``tests``)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gen_dataset
 import run
+import scale_bench
 import treecmp
 
 SCALE = 0.003  # ~60 small files, 2 media files, 1 MiB large files
@@ -150,3 +155,93 @@ def test_targets_compare_resurgo_with_restic() -> None:
     assert t["peak_rss"]["met"] is True
     results["tools"]["resurgo"]["steps"]["restore"]["wall_s"] = 9.0  # type: ignore[index]
     assert {x["target"]: x for x in run.evaluate_targets(results)}["restore"]["met"] is False
+
+
+def _tree_digest(root: Path) -> str:
+    """Paths, types, modes, sizes, mtimes and contents (not owners or directory sizes)."""
+    h = hashlib.sha256()
+    for rel, e in sorted(treecmp.manifest(root).items()):
+        size = e.size if e.kind != "dir" else 0
+        h.update(f"{rel}\0{e.kind}\0{e.mode:o}\0{size}\0{e.mtime_ns}\0{e.content}\n".encode())
+    return h.hexdigest()
+
+
+def test_generate_output_is_unchanged(tmp_path: Path) -> None:
+    # Published figures were measured on this exact tree: the scale shapes were added
+    # without changing a byte of it. (A new NumPy with another random stream would
+    # change it too; then regenerate the figures.)
+    gen_dataset.generate(tmp_path / "d", SCALE, 5)
+    assert treecmp.HASH_NAME == "blake3"
+    assert (
+        _tree_digest(tmp_path / "d")
+        == "f0fc0bcdd951b857b93e7b6ffd745aab7ace1c861d5084bb0753cff34931f07a"
+    )
+
+
+def test_many_files_is_deterministic_distinct_and_small(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    info = gen_dataset.generate_many_files(a, 250, 3)
+    gen_dataset.generate_many_files(b, 250, 3)
+    assert treecmp.compare(treecmp.manifest(a), treecmp.manifest(b)) == []
+    m = treecmp.manifest(a)
+    files = [e for e in m.values() if e.kind == "file"]
+    assert len(files) == info["files"] == 250
+    assert info["dirs"] == sum(e.kind == "dir" for e in m.values()) - 1 == 3 + 2
+    assert len({e.content for e in files}) == 250  # no whole-file duplicates
+    assert sum(e.size for e in files) == info["bytes"]
+    assert max(e.size for e in files) <= 16 * 1024
+    assert {e.mode for e in files} <= {0o644, 0o600, 0o755}
+    gen_dataset.generate_many_files(tmp_path / "c", 250, 4)
+    assert _tree_digest(a) != _tree_digest(tmp_path / "c")
+
+
+def test_sized_is_parts_of_the_mixed_shape_near_the_target(tmp_path: Path) -> None:
+    info = gen_dataset.generate_sized(tmp_path / "s", 24_000_000, 7, part_bytes=12_000_000)
+    assert info["parts"] == 2
+    assert sorted(os.listdir(tmp_path / "s")) == ["part-000", "part-001"]
+    assert abs(info["bytes"] - 24_000_000) < 0.1 * 24_000_000
+    gen_dataset.generate(tmp_path / "g", info["part_scale"], 7 * 1000 + 1)
+    assert _tree_digest(tmp_path / "s" / "part-001") == _tree_digest(tmp_path / "g")
+
+
+def test_growth_tells_linear_from_superlinear() -> None:
+    gb = [1.0, 4.0, 16.0]
+    lin = scale_bench.growth(gb, [2.0 + 10.0 * x for x in gb])
+    assert lin["linear"] is True
+    assert lin["fit"]["slope"] == pytest.approx(10.0)
+    assert lin["fit"]["intercept"] == pytest.approx(2.0)
+    assert lin["interval_slopes"] == pytest.approx([10.0, 10.0])
+    assert lin["exponent"] < 1.0  # the fixed cost
+    quad = scale_bench.growth(gb, [10.0 * x + 0.5 * x * x for x in gb])
+    assert quad["linear"] is False
+    assert quad["last_to_first_slope"] > 1.25
+    assert scale_bench.growth([1.0], [3.0])["linear"] is None
+
+
+def test_scale_bench_runs_end_to_end_at_tiny_sizes(tmp_path: Path) -> None:
+    tools = scale_bench.make_tools(["resurgo"], None)
+    if tools[0].problem:
+        pytest.skip(tools[0].problem)
+    results = tmp_path / "results"
+    argv = ["--tools", "resurgo", "--work", str(tmp_path / "w"), "--results", str(results)]
+    argv += ["--no-drop-caches", "--files", "40,120", "--gb", "0.002,0.004", "--blobs", "20000"]
+    assert scale_bench.main(["all", *argv]) == 0
+    (out,) = results.glob("scale-*.json")
+    res = json.loads(out.read_text())
+    files, sizes, index = res["files"], res["sizes"], res["index"]
+    assert res["tools"]["resurgo"]["source"].startswith(str(scale_bench.PROJECT_DIR / "src"))
+    assert [r["files"] for r in files["runs"]] == [40, 120]
+    for r in files["runs"]:
+        steps = r["steps"]["resurgo"]
+        assert all(steps[s]["ok"] for s in ("init", "backup_initial", "backup_nochange"))
+    per_file = files["analysis"]["resurgo"]["backup_initial"]
+    assert len(per_file["rows"]) == 2 and "cpu_us_per_added_file" in per_file
+    assert [r["steps"]["resurgo"]["backup_initial"]["ok"] for r in sizes["runs"]] == [True, True]
+    assert sizes["analysis"]["resurgo"]["wall"]["fit"]["slope"] is not None
+    # Data and repositories are gone; the report renders.
+    assert not [p for p in (tmp_path / "w").iterdir() if p.name.startswith("data-")]
+    assert not (tmp_path / "w" / "run" / "resurgo").exists()
+    assert index["ok"] and index["result"]["blobs"] == 20000
+    md = out.with_suffix(".md").read_text()
+    assert "Many small files" in md and "Backup time against data size" in md
+    assert "In-memory index" in md

@@ -134,6 +134,17 @@ class RepositoryLocked(ResurgoError):
     exit_code = EXIT_LOCKED
 
 
+class SessionLost(ResurgoError):
+    """This writer can no longer prove to prune that it is alive; nothing more is saved.
+
+    Raised instead of writing an index object or a snapshot that might point at
+    data a concurrent prune has deleted. Running the operation again is safe.
+    """
+
+    exit_code = EXIT_FAILURE
+    retryable = True
+
+
 class WrongPassword(ResurgoError):
     exit_code = EXIT_WRONG_PASSWORD
 

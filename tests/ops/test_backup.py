@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import threading
 from pathlib import Path
@@ -18,7 +19,6 @@ from resurgo.ops.backup import BackupOptions, backup_paths, backup_stream
 from resurgo.ops.check import check_repository
 from resurgo.ops.excludes import Excluder
 from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
-from resurgo.repo.chunker import Chunker
 from resurgo.snapshot.model import Node, NodeType
 from resurgo.snapshot.store import list_snapshots, walk_tree
 
@@ -67,10 +67,15 @@ def test_unchanged_files_are_not_read_again_and_changed_ones_are(repo, tmp_path)
     second = backup_paths(repo, [src])
     assert second.files_unchanged == 50 and second.bytes_read == 0
     assert second.parent == first.snapshot_id
-    # The first backup's directory reads updated the directories' atime; once
-    # that settled, an unchanged tree adds nothing at all.
+    # The first backup's directory reads updated the directory's atime; once
+    # that settled, an unchanged tree is reused whole: the same subtree, no
+    # data. (Ancestors such as /tmp may change under parallel tests: only the
+    # trees above src may be new.)
     third = backup_paths(repo, [src])
-    assert third.files_unchanged == 50 and third.blobs_added == 0
+    assert third.files_unchanged == 50 and third.bytes_read == 0
+    snaps = list_snapshots(repo)
+    assert nodes_of(repo, snaps[-1].tree)[rel(src)].subtree == \
+        nodes_of(repo, snaps[-2].tree)[rel(src)].subtree
     (src / "f7").write_bytes(b"new content")
     fourth = backup_paths(repo, [src])
     assert fourth.files_changed == 1 and fourth.files_unchanged == 49
@@ -198,27 +203,52 @@ def test_unreadable_file_is_reported_skipped_and_the_snapshot_still_written(repo
     assert rel(src / "bad") not in nodes and rel(src / "good") in nodes
 
 
-def test_file_changed_while_read_is_detected_and_reported(repo, tmp_path, monkeypatch):
+@pytest.mark.parametrize("size", [200_000, 3 << 20], ids=["read-whole", "streamed"])
+def test_file_changed_while_read_is_detected_and_reported(repo, tmp_path, monkeypatch, size):
     src = tmp_path / "src"
     src.mkdir()
     target = src / "growing"
-    target.write_bytes(os.urandom(200_000))
-    real = Chunker.fd_chunks
+    target.write_bytes(os.urandom(size))
+    real = repo.save_blob
+    first = True
 
-    def appending(self, fd, **kw):
-        first = True
-        for c in real(self, fd, **kw):
-            if first:
-                with open(target, "ab") as fh:
-                    fh.write(b"appended while reading")
-                first = False
-            yield c
+    def appending(blob_type, data, **kw):
+        # Between reading the file's first bytes and finishing it.
+        nonlocal first
+        if first and blob_type == BlobType.DATA:
+            with open(target, "ab") as fh:
+                fh.write(b"appended while reading")
+            first = False
+        return real(blob_type, data, **kw)
 
-    monkeypatch.setattr(Chunker, "fd_chunks", appending)
+    monkeypatch.setattr(repo, "save_blob", appending)
     s = backup_paths(repo, [src])
     assert any("changed" in w["error"] for w in s.warnings)
     node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(target)]
     assert node.error == "changed while being read"
+
+
+def test_file_grown_between_scan_and_open_is_read_whole_with_its_size_at_opening(repo, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    target = src / "log"
+    target.write_bytes(b"x" * 5000)
+    real_open = backup_mod.open_for_backup
+
+    def grow_then_open(path: bytes) -> int:
+        fd = real_open(path)
+        if path.endswith(b"/log"):
+            with open(target, "ab") as fh:
+                fh.write(b"y" * 3000)
+        return fd
+
+    monkeypatch.setattr(backup_mod, "open_for_backup", grow_then_open)
+    s = backup_paths(repo, [src])
+    node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(target)]
+    # Grown before it was opened (a log being written): not an inconsistent copy.
+    assert node.error is None and node.size == 8000 and not s.warnings
+    assert content_of(repo, node) == b"x" * 5000 + b"y" * 3000
+    assert s.bytes_read == 8000
 
 
 def test_repository_error_aborts_the_backup_and_writes_no_snapshot(tmp_path):
@@ -357,4 +387,91 @@ def test_stop_request_ends_a_stream_command_without_a_snapshot(repo):
     with pytest.raises(Interrupted):
         backup_stream(repo, "dump.sql", command=["sh", "-c", "echo partial; sleep 30"],
                       should_stop=stop.is_set)
+    assert repo.list_objects("snapshots") == []
+
+
+@pytest.mark.parametrize(("block", "room"), [(30_000, 20_000), (1000, 0)],
+                         ids=["tail-fits", "buffers-grow"])
+def test_large_files_stream_through_small_buffers_into_the_same_chunks_as_a_whole_cut(
+    repo, tmp_path, monkeypatch, block, room
+):
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(11)
+    # Text-like and random stretches, so chunks of every size up to the maximum.
+    data = b"".join(
+        rng.randbytes(rng.randint(1, 20_000)) if i % 2 else b"abc\n" * rng.randint(1, 5000)
+        for i in range(120)
+    )
+    (src / "big").write_bytes(data)
+    monkeypatch.setattr(backup_mod, "PARALLEL_FILE_BYTES", 50_000)
+    # Many refills, carries of every length; blocks smaller than the largest
+    # chunk (8 KiB here) make the buffers grow while such a chunk is cut.
+    monkeypatch.setattr(backup_mod, "STREAM_BLOCK", block)
+    monkeypatch.setattr(backup_mod, "STREAM_TAIL_ROOM", room)
+    s = backup_paths(repo, [src])
+    node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(src / "big")]
+    expected = [repo.blob_id(c) for c in repo.chunker().cut(data)]
+    assert node.content == expected and len(expected) > 50
+    assert content_of(repo, node) == data and s.bytes_read == len(data) and not s.warnings
+
+
+def test_an_unchanged_file_whose_atime_moved_is_not_read_but_gets_its_new_atime(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "f"
+    f.write_bytes(b"some content")
+    st = f.stat()
+    os.utime(f, ns=(st.st_mtime_ns - 10**12, st.st_mtime_ns))  # atime before mtime
+    backup_paths(repo, [src])
+    f.read_bytes()  # relatime moves an atime older than the mtime; the ctime stays
+    moved = f.stat()
+    if moved.st_atime_ns == st.st_mtime_ns - 10**12:
+        pytest.skip("the file system does not update atimes")
+    s = backup_paths(repo, [src])
+    assert s.files_unchanged == 1 and s.bytes_read == 0
+    node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(f)]
+    assert node.atime_ns == moved.st_atime_ns
+    assert content_of(repo, node) == b"some content"
+
+
+def test_a_small_file_grown_large_before_its_opening_is_stored_whole(repo, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(os.urandom(300_000))  # read by the large-file lane meanwhile
+    grower = src / "grower"
+    grower.write_bytes(b"x" * 1000)
+    tail = os.urandom(250_000)
+    monkeypatch.setattr(backup_mod, "PARALLEL_FILE_BYTES", 100_000)
+    monkeypatch.setattr(backup_mod, "STREAM_BLOCK", 20_000)
+    real_open = backup_mod.open_for_backup
+
+    def grow_then_open(path: bytes) -> int:
+        if path.endswith(b"/grower"):
+            with open(grower, "ab") as fh:
+                fh.write(tail)
+        return real_open(path)
+
+    monkeypatch.setattr(backup_mod, "open_for_backup", grow_then_open)
+    s = backup_paths(repo, [src])
+    nodes = nodes_of(repo, list_snapshots(repo)[-1].tree)
+    assert content_of(repo, nodes[rel(grower)]) == b"x" * 1000 + tail
+    assert content_of(repo, nodes[rel(src / "big")]) == (src / "big").read_bytes()
+    assert nodes[rel(grower)].error is None and not s.warnings
+
+
+def test_a_stop_request_seen_once_is_never_forgotten(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i}").write_bytes(os.urandom(5000))
+    calls = {"n": 0}
+
+    def flicker() -> bool:
+        # True exactly once: whoever saw it left files out.
+        calls["n"] += 1
+        return calls["n"] == 3
+
+    with pytest.raises(Interrupted):
+        backup_paths(repo, [src], should_stop=flicker)
     assert repo.list_objects("snapshots") == []

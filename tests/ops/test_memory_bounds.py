@@ -38,23 +38,27 @@ def test_large_files_are_read_one_at_a_time_and_back_up_intact(
     active = 0
     most = 0
     lock = threading.Lock()
-    real = backup_mod._Backup._save_chunks
+    real = backup_mod._Backup._save_stream
+    buffers: set[int] = set()
 
-    def spy(self: backup_mod._Backup, chunks, parallel: bool):
+    def spy(self: backup_mod._Backup, fd: int):
         nonlocal active, most
         with lock:
             active += 1
             most = max(most, active)
         try:
-            return real(self, chunks, parallel)
+            return real(self, fd)
         finally:
+            buffers.update(id(b) for b in self._tls.stream_bufs if b is not None)
             with lock:
                 active -= 1
 
-    monkeypatch.setattr(backup_mod._Backup, "_save_chunks", spy)
+    monkeypatch.setattr(backup_mod._Backup, "_save_stream", spy)
     s = backup_paths(repo, [src], backup_mod.BackupOptions(read_threads=4))
     assert s.files_new == 4 and not s.warnings
     assert most == 1
+    # Every large file streams through the same (at most two) buffers.
+    assert 1 <= len(buffers) <= 2
     snap = find_snapshot(repo, s.snapshot_id or "")
     restore_snapshot(repo, snap, tmp_path / "dst", subpath=bytes(src))
     for name, data in contents.items():

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resurgo.errors import CorruptObject, UnsupportedVersion
+from resurgo.snapshot import model
 from resurgo.snapshot.model import (
     Node,
     NodeType,
@@ -118,6 +119,23 @@ def test_xattr_order_does_not_change_the_bytes(tree: list[Node]) -> None:
         for n in tree
     ]
     assert encode_tree(reversed_attrs) == encode_tree(tree)
+
+
+def reference_encoding(tree: list[Node]) -> bytes:
+    """The canonical form as docs/format-tree.md defines it: sorted keys, no spaces, json.dumps."""
+    ordered = sorted(tree, key=lambda n: n.name)
+    return model._canonical_json({"v": 1, "nodes": [model._encode_node(n) for n in ordered]})
+
+
+surrogate_text = st.text(max_size=12)  # lone surrogates too (undecodable bytes in messages)
+
+
+@settings(max_examples=300)
+@given(trees(), st.lists(surrogate_text, min_size=3, max_size=3))
+def test_encode_tree_writes_exactly_the_reference_json_encoding(tree: list[Node], texts: list[str]) -> None:
+    if tree:
+        tree[0].user, tree[0].group, tree[0].error = texts
+    assert encode_tree(tree) == reference_encoding(tree)
 
 
 def test_node_at_defaults_encodes_to_name_and_type_only() -> None:

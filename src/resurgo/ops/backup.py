@@ -9,27 +9,30 @@ the parent (and whose content blobs are all still in the index, and which was
 read without error) is not read again; its content list is reused. Everything
 else is read, chunked and saved.
 
-Pipeline: the walk runs in the calling thread and never recurses (a 1,000-level
-deep tree is fine). Files to read go to a pool of reader threads; chunks of
-large files go on to a pool of saver threads, so one big file still keeps every
-core busy. Directories are finished in post-order once all their children are
-done; semaphores bound the work in flight, so memory does not grow with the
-tree. Source errors (a file that cannot be read) become warnings and the file
-is left out; repository errors abort the backup and no snapshot is written.
+Pipeline: directories are scanned by a pool of scanner threads, a few at a
+time in depth-first order (nothing recurses: a 1,000-level deep tree is
+fine). A scanner reads and saves the small files of its directory itself, in
+one read each; larger files go to the large-file lane, one at a time, their
+chunks saved by a pool of saver threads, so one big file still keeps every
+core busy. The calling thread finishes directories (encodes and saves their
+trees) once all their children are done. Source errors (a file that cannot
+be read) become warnings and the file is left out; repository errors abort
+the backup and no snapshot is written.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
+import queue
 import socket
 import stat
 import subprocess
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,26 +44,41 @@ from resurgo.repo import BlobType, Repository
 from resurgo.snapshot.fsmeta import (
     data_extents,
     file_changed,
+    group_name,
     holes_from_extents,
     node_from_path,
     open_for_backup,
+    read_xattrs,
     show_path,
+    user_name,
 )
 from resurgo.snapshot.model import Node, NodeType, Snapshot, encode_tree
 from resurgo.snapshot.store import find_snapshot, list_snapshots, load_tree, save_snapshot
 
-# Files at least this big have their chunks saved by the saver pool, so a
-# single large file uses every core; smaller files are saved by their reader.
+# Files up to this size are read whole, in one read, by the thread that scans
+# their directory, and saved right there: no hand-over to another thread per
+# file (the per-file Python work, not the I/O, bounds a tree of small files).
+SMALL_FILE_BYTES = 2 << 20
+# Bigger files go to the large-file lane: one file at a time, read in blocks,
+# their chunks saved by the saver pool, so a single large file uses every core
+# while the scanners go on with the small files.
 PARALLEL_FILE_BYTES = 8 << 20
-MAX_FILES_IN_FLIGHT = 256
 # Chunks of one large file queued for the savers: enough to keep every saver
 # busy. Each queued chunk is a view that keeps its whole read buffer (up to
 # READ_SIZE plus a carried tail) alive, so more only costs memory.
 CHUNKS_IN_FLIGHT_PER_SAVER = 2
-# Large files read at once. One reader already outpaces the saver pool (reading
-# and cutting run at GB/s, saving at a few hundred MB/s per core); a second
-# one only doubles the read buffers in memory. Small files are not limited.
-MAX_LARGE_FILES_IN_FLIGHT = 1
+# New bytes read per refill of a large file's stream buffer, and the room left
+# in it for the unfinished chunk carried over from the other buffer (a few
+# average chunks; a longer one makes the buffer grow while it lasts).
+STREAM_BLOCK = 4 << 20
+STREAM_TAIL_ROOM = 2 << 20
+# Directories scanned at once, per scanner thread: enough that a scanner never
+# waits for the walk to hand it the next directory.
+SCANS_IN_FLIGHT_PER_SCANNER = 4
+# Small files of a directory opened and hinted (POSIX_FADV_WILLNEED) ahead of
+# the one being read, per scanner: cold reads overlap without more threads.
+READ_AHEAD_FILES = 16
+_SCANNED, _CHILD = 0, 1
 
 
 @dataclass
@@ -71,7 +89,9 @@ class BackupOptions:
     one_file_system: bool = False
     parent: str | None = None  # snapshot ID to compare with; None: latest of same host+paths
     force: bool = False  # re-read every file
-    read_threads: int = 2
+    # Directory scanners: cold reads of small files need several in flight (one
+    # thread reads 20,000 small files cold in ~7 s, four in ~1.1 s on the benchmark disk).
+    read_threads: int = 4
     save_threads: int = max(2, os.cpu_count() or 2)
     excludes_text: list[str] = field(default_factory=list)  # recorded in the snapshot
 
@@ -122,25 +142,78 @@ class _SourceProblem(Exception):
     """A file could not be read: becomes a warning, the file is left out."""
 
 
-@dataclass(eq=False)
 class _DirJob:
-    path: bytes
-    node: Node
-    children: list[Node | Future[Node | None] | _DirJob] = field(default_factory=list)
-    result: Node | None = None
-    # The parent snapshot's version of this directory, to reuse its tree when
-    # nothing inside changed (no encoding, hashing or upload for it then).
-    old_subtree: bytes | None = None
-    old_nodes: dict[bytes, Node] | None = None
-    excluded: bool = False
+    """One directory being backed up: its node, its children, what it waits for."""
 
-    def ready(self) -> bool:
-        for c in self.children:
-            if isinstance(c, Future) and not c.done():
-                return False
-            if isinstance(c, _DirJob) and c.result is None:
-                return False
-        return True
+    __slots__ = (
+        "children",
+        "excluded",
+        "node",
+        "old_nodes",
+        "old_subtree",
+        "parent",
+        "path",
+        "pending",
+        "result",
+    )
+
+    def __init__(self, path: bytes, node: Node, parent: _DirJob | None,
+                 old_subtree: bytes | None) -> None:
+        self.path = path
+        self.node = node
+        self.parent = parent
+        # The parent snapshot's version of this directory, to reuse its tree when
+        # nothing inside changed (no encoding, hashing or upload for it then).
+        self.old_subtree = old_subtree
+        self.old_nodes: dict[bytes, Node] | None = None
+        self.children: list[Node | Future[Node | None] | _DirJob] = []
+        self.pending = 0  # children not finished yet, once the directory is scanned
+        self.excluded = False
+        self.result: Node | None = None
+
+
+class _Tally:
+    """What one directory scan counted, added to the summary under the lock once."""
+
+    __slots__ = ("bytes_total", "changed", "dirs", "new", "others", "reads", "unchanged")
+
+    def __init__(self) -> None:
+        self.new = self.changed = self.unchanged = self.others = self.dirs = 0
+        self.bytes_total = 0
+        # Small files to read once the directory is listed:
+        # (path, node, lstat, new, future for its other hard-linked names).
+        self.reads: list[tuple[bytes, Node, os.stat_result, bool, Future[Node | None] | None]] = []
+
+    def count(self, new: bool) -> None:
+        if new:
+            self.new += 1
+        else:
+            self.changed += 1
+
+    def add_to(self, s: BackupSummary) -> None:
+        s.files_new += self.new
+        s.files_changed += self.changed
+        s.files_unchanged += self.unchanged
+        s.others += self.others
+        s.dirs += self.dirs
+        s.bytes_total += self.bytes_total
+
+
+def _small_limit() -> int:
+    """Files up to this size are read whole by their directory's scanner."""
+    return min(SMALL_FILE_BYTES, PARALLEL_FILE_BYTES)
+
+
+def _entry_name(entry: os.DirEntry[bytes]) -> bytes:
+    return entry.name
+
+
+def _chain(src: Future[Node | None], dst: Future[Node | None]) -> None:
+    exc = src.exception()
+    if exc is not None:
+        dst.set_exception(exc)
+    else:
+        dst.set_result(src.result())
 
 
 def _join(parent: bytes, name: bytes) -> bytes:
@@ -167,13 +240,23 @@ class _Backup:
         self.summary = BackupSummary(started=time.time())
         self.chunker = repo.chunker()
         self._lock = threading.Lock()
-        self._readers = ThreadPoolExecutor(opts.read_threads, thread_name_prefix="resurgo-read")
+        self._scanners = ThreadPoolExecutor(max(1, opts.read_threads),
+                                            thread_name_prefix="resurgo-scan")
+        self._scan_window = SCANS_IN_FLIGHT_PER_SCANNER * max(1, opts.read_threads)
+        # One large file at a time: one reader already outpaces the savers, a
+        # second would only double the read buffers in memory.
+        self._large = ThreadPoolExecutor(1, thread_name_prefix="resurgo-large")
         self._savers = ThreadPoolExecutor(opts.save_threads, thread_name_prefix="resurgo-save")
-        self._files_sem = threading.BoundedSemaphore(MAX_FILES_IN_FLIGHT)
-        self._large_sem = threading.BoundedSemaphore(MAX_LARGE_FILES_IN_FLIGHT)
-        self._pending_dirs: deque[_DirJob] = deque()
+        self._events: queue.SimpleQueue[tuple[int, _DirJob, BaseException | None]] = (
+            queue.SimpleQueue()
+        )
+        self._tls = threading.local()  # per-thread stream buffers (_save_stream)
         self._hardlinks: dict[tuple[int, int], Future[Node | None]] = {}
         self._fatal: BaseException | None = None
+        # Set when the backup is abandoned: the workers stop at the next file
+        # or chunk, so nothing is uploaded after the interrupt's indexing.
+        self._closing = False
+        self._stop_seen = False
         self._last_progress = 0.0
 
     # -- bookkeeping -------------------------------------------------------------
@@ -198,7 +281,8 @@ class _Backup:
     def _check_stop(self) -> None:
         if self._fatal is not None:
             raise self._fatal
-        if self.should_stop():
+        if self._stop_seen or self.should_stop():
+            self._stop_seen = True
             raise Interrupted("backup interrupted; no snapshot was written")
 
     # -- file content -------------------------------------------------------------
@@ -224,6 +308,8 @@ class _Backup:
         total = 0
         try:
             for c in chunks:
+                if self._closing:
+                    raise Interrupted("backup interrupted; no snapshot was written")
                 total += len(c)
                 sem.acquire()
                 futures.append(self._savers.submit(save, c))
@@ -233,11 +319,18 @@ class _Backup:
             results = [f.result() for f in futures]
         return [r[0] for r in results], total
 
-    def _read_file(self, path: bytes, node: Node, st: os.stat_result) -> Node:
-        try:
-            fd = open_for_backup(path)
-        except OSError as e:
-            raise _SourceProblem(f"cannot open: {e.strerror or e}")
+    def _read_file(self, path: bytes, node: Node, st: os.stat_result,
+                   opened: int | OSError | None = None) -> Node:
+        """Read and save one file; ``opened`` is its descriptor (or the error opening it)
+        when the caller opened it already. The descriptor is closed either way."""
+        if opened is None:
+            try:
+                opened = open_for_backup(path)
+            except OSError as e:
+                opened = e
+        if isinstance(opened, OSError):
+            raise _SourceProblem(f"cannot open: {opened.strerror or opened}")
+        fd = opened
         try:
             before = os.fstat(fd)
             if (not stat.S_ISREG(before.st_mode)
@@ -250,17 +343,14 @@ class _Backup:
             size = before.st_size
             sparse = size > 0 and before.st_blocks * 512 < size
             extents = data_extents(fd, size) if sparse else [(0, size)]
-            large = size >= PARALLEL_FILE_BYTES
             try:
-                if large:
-                    self._large_sem.acquire()
-                try:
-                    chunks = (self._extent_chunks(fd, extents) if sparse
-                              else self.chunker.fd_chunks(fd))
-                    ids, nread = self._save_chunks(chunks, parallel=large)
-                finally:
-                    if large:
-                        self._large_sem.release()
+                if not sparse and size <= _small_limit():
+                    ids, nread = self._save_whole(fd, size)
+                elif sparse:
+                    ids, nread = self._save_chunks(self._extent_chunks(fd, extents),
+                                                   parallel=size > _small_limit())
+                else:
+                    ids, nread = self._save_stream(fd)
             except OSError as e:
                 raise _SourceProblem(f"read error: {e.strerror or e}")
             after = os.fstat(fd)
@@ -268,14 +358,104 @@ class _Backup:
             os.close(fd)
         node.content = ids
         node.holes = holes_from_extents(extents, size) if sparse else []
-        expected = sum(length for _, length in extents)
-        if file_changed(before, after) or nread != expected:
+        expected = sum(length for _, length in extents) if sparse else size
+        if nread != expected or file_changed(before, after):
             node.error = "changed while being read"
             node.size = before.st_size if nread == expected else nread + sum(h[1] for h in node.holes)
             self.warn(path, "file changed while it was being read; the stored copy may be inconsistent")
         with self._lock:
             self.summary.bytes_read += nread
         return node
+
+    def _save_stream(self, fd: int) -> tuple[list[bytes], int]:
+        """Read a large file through two reused buffers, its chunks saved by the saver pool.
+
+        A chunk that ends before the end of the data in the buffer is final:
+        FastCDC decides a boundary from the bytes before it only (the masks
+        depend on the distance from the chunk's start, never on what
+        follows), and a chunk that reaches ``max_size`` is cut there whatever
+        follows. Only the last chunk of a buffer may still grow; it is copied
+        to the front of the other buffer, in front of the next STREAM_BLOCK
+        bytes. So the chunks equal those of cutting the whole file at once.
+        A buffer is refilled only once every chunk it held has been saved:
+        the savers get read-only views, never copies, and the memory stays at
+        two buffers (STREAM_BLOCK plus a typical tail each; larger only while
+        a chunk longer than that is being cut) whatever the file's size. Each
+        thread has its own buffers: the large-file thread, and a scanner whose
+        small file grew past the limit before it was opened.
+        """
+        bufs: list[bytearray | None] | None = getattr(self._tls, "stream_bufs", None)
+        if bufs is None:
+            bufs = self._tls.stream_bufs = [None, None]
+        in_buf: list[list[Future[tuple[bytes, bool]]]] = [[], []]
+        futures: list[Future[tuple[bytes, bool]]] = []
+        save = self.repo.save_blob
+        cut = self.chunker._cdc.cut_buf
+        block = STREAM_BLOCK
+        total = 0
+        carry: memoryview | None = None
+        i = 0
+        eof = False
+        try:
+            while not eof:
+                for f in in_buf[i]:
+                    f.result()  # the buffer's chunks are saved: it may be refilled
+                in_buf[i] = []
+                if self._closing:
+                    raise Interrupted("backup interrupted; no snapshot was written")
+                n = len(carry) if carry is not None else 0
+                buf = bufs[i]
+                if buf is None or len(buf) < n + block:
+                    # Room for a typical tail without reallocating next time.
+                    buf = bufs[i] = bytearray(max(n + block, block + STREAM_TAIL_ROOM))
+                mv = memoryview(buf)
+                if carry is not None:
+                    mv[:n] = carry
+                    carry = None
+                cap = len(buf)
+                while n < cap:
+                    got = os.readv(fd, [mv[n:]])
+                    if not got:
+                        eof = True
+                        break
+                    n += got
+                data = mv[:n].toreadonly()
+                for c in cut(data):
+                    end = c.offset + c.length
+                    if end == n and not eof:
+                        carry = data[c.offset:]  # may grow with the next bytes
+                        break
+                    f = self._savers.submit(save, BlobType.DATA, data[c.offset:end])
+                    in_buf[i].append(f)
+                    futures.append(f)
+                    total += c.length
+                i ^= 1
+        finally:
+            # Wait for everything submitted even on a read error, so no save
+            # outlives this file or its buffers (and repository errors are
+            # never lost).
+            wait_for(futures)
+        return [f.result()[0] for f in futures], total
+
+    def _save_whole(self, fd: int, size: int) -> tuple[list[bytes], int]:
+        """Read a small file in one read and save its chunks; (blob IDs, bytes read).
+
+        One read of ``size + 1`` bytes: getting exactly ``size`` back means the
+        file ended where its fstat said (growth after the read shows in the
+        fstat that follows). Anything else (it shrank or grew since) is read
+        again from the start as a stream, as large files are.
+        """
+        data = os.read(fd, size + 1)
+        if len(data) != size:
+            del data
+            os.lseek(fd, 0, os.SEEK_SET)
+            return self._save_chunks(self.chunker.fd_chunks(fd), parallel=False)
+        if not data:
+            return [], 0
+        save = self.repo.save_blob
+        if size <= self.chunker.min_size:
+            return [save(BlobType.DATA, data)[0]], size
+        return [save(BlobType.DATA, c)[0] for c in self.chunker.cut(data)], size
 
     def _extent_chunks(self, fd: int, extents: list[tuple[int, int]]) -> Iterator[memoryview]:
         """Chunks of the data extents only, as one stream (holes are not data)."""
@@ -314,7 +494,7 @@ class _Backup:
 
     def _file_job(self, path: bytes, node: Node, st: os.stat_result, status: str) -> Node | None:
         try:
-            if self._fatal is not None or self.should_stop():
+            if self._stop_requested():
                 return None
             try:
                 done = self._read_file(path, node, st)
@@ -332,8 +512,6 @@ class _Backup:
             if self._fatal is None:
                 self._fatal = e
             raise
-        finally:
-            self._files_sem.release()
 
     # -- walking ------------------------------------------------------------------
 
@@ -345,89 +523,198 @@ class _Backup:
         ):
             return False
         # A blob that left the index (damage, or an old parent) forces a re-read.
-        return all(self.repo.has_blob(BlobType.DATA, b) for b in old.content)
+        has_blob = self.repo.has_blob
+        return all(has_blob(BlobType.DATA, b) for b in old.content)
 
-    def _entry(self, path: bytes, name: bytes, st: os.stat_result, old: Node | None,
-               job: _DirJob, dirs: list[tuple[bytes, os.stat_result, Node | None]]) -> None:
+    def _same_as_before(self, path: bytes, st: os.stat_result, old: Node) -> bool:
+        """Whether a regular file is unchanged (as ``_unchanged``) and its node would
+        equal ``old`` field for field, xattrs included."""
+        return (
+            st.st_mtime_ns == old.mtime_ns and st.st_ctime_ns == old.ctime_ns
+            and st.st_size == old.size and st.st_ino == old.inode and st.st_dev == old.device_id
+            and st.st_atime_ns == old.atime_ns and stat.S_IMODE(st.st_mode) == old.mode
+            and st.st_uid == old.uid and st.st_gid == old.gid and st.st_nlink == old.nlink
+            and old.rdev == 0 and old.linktarget is None and old.subtree is None
+            and user_name(st.st_uid) == old.user and group_name(st.st_gid) == old.group
+            and self._unchanged(old, old)
+            and read_xattrs(path) == old.xattrs
+        )
+
+    def _stop_requested(self) -> bool:
+        if self._closing or self._fatal is not None or self._stop_seen:
+            return True
+        if self.should_stop():
+            # Remembered: a worker that left files out on a stop request must
+            # never see its directory saved, whatever should_stop says later.
+            self._stop_seen = True
+            return True
+        return False
+
+    def _add_entry(self, job: _DirJob, path: bytes, name: bytes, st: os.stat_result,
+                   old: Node | None, tally: _Tally) -> None:
+        """Add one non-directory entry of ``job``: a finished node, or a future for a large file."""
+        if (old is not None and old.type is NodeType.FILE and stat.S_ISREG(st.st_mode)
+                and self._same_as_before(path, st, old)):
+            # The parent's node describes the file exactly (content and
+            # metadata): keep it as it is, so the directory's comparison with
+            # the parent tree is quick and no node is built.
+            tally.unchanged += 1
+            tally.bytes_total += st.st_size
+            job.children.append(old)
+            return
         try:
             node = node_from_path(path, st, name=name)
         except (OSError, ValueError) as e:
             self.warn(path, f"cannot read metadata: {e}")
             return
-        if node.type is NodeType.DIR:
-            dirs.append((path, st, old))
-            return
         if node.type is not NodeType.FILE:
-            with self._lock:
-                self.summary.others += 1
+            tally.others += 1
             job.children.append(node)
             return
-        with self._lock:
-            self.summary.bytes_total += node.size
+        tally.bytes_total += node.size
         if self._unchanged(node, old):
             assert old is not None
-            node.content = list(old.content)
-            node.holes = list(old.holes)
-            with self._lock:
-                self.summary.files_unchanged += 1
-            job.children.append(node)
+            tally.unchanged += 1
+            node.content = old.content
+            node.holes = old.holes
+            # Same metadata as in the parent too: keep the parent's node, so the
+            # directory's comparison with the parent tree is quick.
+            job.children.append(old if node == old else node)
             return
-        status = "new" if old is None else "changed"
-        link_key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and link_key in self._hardlinks:
-            # Another name of a file already being read: share its content.
-            first = self._hardlinks[link_key]
-            fut: Future[Node | None] = Future()
-
-            def copy(f: Future[Node | None], n: Node = node) -> None:
-                src = f.result() if not f.exception() else None
-                if src is None:
-                    fut.set_result(None)
-                    return
-                n.content, n.holes, n.error = list(src.content), list(src.holes), src.error
-                fut.set_result(n)
-
-            first.add_done_callback(copy)
-            job.children.append(fut)
-            with self._lock:
-                if status == "new":
-                    self.summary.files_new += 1
-                else:
-                    self.summary.files_changed += 1
-            return
-        self._files_sem.acquire()
-        self._check_stop()
-        f = self._readers.submit(self._file_job, path, node, st, status)
+        new = old is None
         if st.st_nlink > 1:
-            self._hardlinks[link_key] = f
-        job.children.append(f)
+            link_key = (st.st_dev, st.st_ino)
+            with self._lock:
+                first = self._hardlinks.get(link_key)
+                if first is None:
+                    mine: Future[Node | None] = Future()
+                    self._hardlinks[link_key] = mine
+            if first is not None:
+                # Another name of a file already read or being read: share its content.
+                job.children.append(self._link_copy(first, node))
+                tally.count(new)
+                return
+            self._queue_read(job, path, node, st, new, tally, mine)
+            return
+        self._queue_read(job, path, node, st, new, tally, None)
 
-    def _scan_dir(self, job: _DirJob, parent_tree: bytes | None) -> list[tuple[bytes, _DirJob, bytes | None]]:
-        """Add the entries of ``job`` and return its subdirectories to walk."""
-        old_nodes: dict[bytes, Node] = {}
-        if parent_tree is not None:
+    def _queue_read(self, job: _DirJob, path: bytes, node: Node, st: os.stat_result,
+                           new: bool, tally: _Tally, link: Future[Node | None] | None) -> None:
+        """Queue a small file to be read by this scan once its listing is done; a large
+        one for the large-file lane. ``link`` gets the result for the file's other names."""
+        if st.st_size > _small_limit():
+            fut = self._large.submit(self._file_job, path, node, st, "new" if new else "changed")
+            job.children.append(fut)
+            if link is not None:
+                fut.add_done_callback(lambda f: _chain(f, link))
+            return
+        tally.reads.append((path, node, st, new, link))
+
+    def _open_ahead(self, path: bytes, size: int) -> int | OSError:
+        """Open a file to read soon and ask the kernel to start reading it (async)."""
+        try:
+            fd = open_for_backup(path)
+        except OSError as e:
+            return e
+        if size:
             try:
-                old_nodes = {n.name: n for n in load_tree(self.repo, parent_tree)}
-                job.old_subtree, job.old_nodes = parent_tree, old_nodes
+                os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass  # only a hint
+        return fd
+
+    def _read_listed(self, job: _DirJob, tally: _Tally) -> None:
+        """Read and save the small files the scan queued, a window of them opened ahead.
+
+        Each file of the window is opened and its data asked for with
+        ``POSIX_FADV_WILLNEED``, which starts the read without waiting for
+        it: the disk gets many requests at once from one thread (cold reads
+        of 20,000 small files: 2.4 s with one thread, 1.3 s with the hints).
+        """
+        reads = tally.reads
+        opened: dict[int, int | OSError] = {}
+        ahead = 0
+        try:
+            for k, (path, node, st, new, link) in enumerate(reads):
+                if self._stop_requested():
+                    return
+                while ahead < len(reads) and ahead <= k + READ_AHEAD_FILES:
+                    opened[ahead] = self._open_ahead(reads[ahead][0], reads[ahead][2].st_size)
+                    ahead += 1
+                try:
+                    done: Node | None = self._read_file(path, node, st, opened.pop(k))
+                except _SourceProblem as e:
+                    self.warn(path, str(e))
+                    done = None
+                except BaseException as e:
+                    if link is not None:
+                        link.set_exception(e)
+                    raise
+                if link is not None:
+                    link.set_result(done)
+                if done is not None:
+                    tally.count(new)
+                    job.children.append(done)
+        finally:
+            for fd in opened.values():
+                if isinstance(fd, int):
+                    os.close(fd)
+
+    def _link_copy(self, first: Future[Node | None], node: Node) -> Future[Node | None]:
+        fut: Future[Node | None] = Future()
+
+        def copy(f: Future[Node | None]) -> None:
+            src = f.result() if not f.exception() else None
+            if src is None:
+                fut.set_result(None)
+                return
+            node.content, node.holes, node.error = list(src.content), list(src.holes), src.error
+            fut.set_result(node)
+
+        first.add_done_callback(copy)
+        return fut
+
+    def _scan(self, job: _DirJob) -> None:
+        """List ``job``'s directory and add its entries (runs in a scanner thread).
+
+        Small files are read and saved right here; large ones go to the
+        large-file lane as futures; subdirectories become child jobs that the
+        walk schedules next. Everything the scan counts is added to the
+        summary once, at the end.
+        """
+        tally = _Tally()
+        try:
+            self._scan_entries(job, tally)
+            self._read_listed(job, tally)
+        finally:
+            with self._lock:
+                tally.add_to(self.summary)
+
+    def _scan_entries(self, job: _DirJob, tally: _Tally) -> None:
+        old_nodes: dict[bytes, Node] = {}
+        if job.old_subtree is not None:
+            try:
+                old_nodes = {n.name: n for n in load_tree(self.repo, job.old_subtree)}
+                job.old_nodes = old_nodes
             except Exception:
-                old_nodes = {}  # an unreadable parent tree only costs re-reading
+                job.old_subtree = None  # an unreadable parent tree only costs re-reading
         try:
             with os.scandir(job.path) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = sorted(it, key=_entry_name)
         except OSError as e:
             self.warn(job.path, f"cannot list directory: {e.strerror or e}")
             job.node.error = "could not list directory"
-            return []
-        names = {entry.name for entry in entries}
+            return
         excl = self.opts.excluder
-        if excl is not None and excl.dir_excluded_by_content(job.path, names):
+        if excl is not None and excl.dir_excluded_by_content(job.path, {e.name for e in entries}):
             # A marked directory (CACHEDIR.TAG, --exclude-if-present) is left
             # out entirely, marker included, as restic does.
             job.excluded = True
-            return []
-        subdirs: list[tuple[bytes, os.stat_result, Node | None]] = []
+            return
         for entry in entries:
-            path = os.fsencode(entry.path)
+            if self._stop_requested():
+                return
+            path = entry.path
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as err:
@@ -436,60 +723,106 @@ class _Backup:
             is_dir = stat.S_ISDIR(st.st_mode)
             if excl is not None and excl.excluded(path, is_dir):
                 continue
-            self._entry(path, entry.name, st, old_nodes.get(entry.name), job, subdirs)
-        out = []
-        for path, st, old in subdirs:
+            old = old_nodes.get(entry.name)
+            if not is_dir:
+                self._add_entry(job, path, entry.name, st, old, tally)
+                continue
             try:
-                node = node_from_path(path, st)
+                node = node_from_path(path, st, name=entry.name)
             except (OSError, ValueError) as err:
                 self.warn(path, f"cannot read metadata: {err}")
                 continue
-            sub = _DirJob(path, node)
+            tally.dirs += 1
+            old_sub = old.subtree if old is not None and old.type is NodeType.DIR else None
+            sub = _DirJob(path, node, job, old_sub)
             job.children.append(sub)
-            with self._lock:
-                self.summary.dirs += 1
             if self.opts.one_file_system and st.st_dev != job.node.device_id:
                 # A mount point: recorded as an empty directory, not entered.
                 node.subtree = self.repo.save_blob(BlobType.TREE, encode_tree([]))[0]
                 sub.result = node
-                continue
-            old_sub = old.subtree if old is not None and old.type is NodeType.DIR else None
-            out.append((path, sub, old_sub))
-        return out
 
-    def walk_dir(self, root: _DirJob, parent_tree: bytes | None) -> None:
-        """Walk ``root`` iteratively; directories are queued for finishing in post-order."""
-        # Stack entries: (job, subdirectories still to visit).
-        stack: list[tuple[_DirJob, list[tuple[bytes, _DirJob, bytes | None]]]] = []
-        stack.append((root, self._scan_dir(root, parent_tree)[::-1]))
-        while stack:
-            self._check_stop()
-            job, todo = stack[-1]
-            if todo:
-                _, sub, old_sub = todo.pop()
-                stack.append((sub, self._scan_dir(sub, old_sub)[::-1]))
-                continue
-            stack.pop()
-            self._pending_dirs.append(job)
-            self._finish_ready_dirs(block=False)
+    def _scan_job(self, job: _DirJob) -> None:
+        try:
+            if self._stop_requested():
+                self._events.put((_SCANNED, job, None))
+                return
+            self._scan(job)
+            self._events.put((_SCANNED, job, None))
+        except BaseException as e:  # repository errors: abort the whole backup
+            if self._fatal is None:
+                self._fatal = e
+            self._events.put((_SCANNED, job, e))
 
-    def _finish_ready_dirs(self, *, block: bool) -> None:
-        while self._pending_dirs:
-            head = self._pending_dirs[0]
-            if not head.ready():
-                if not block:
-                    return
-                for c in head.children:
-                    if isinstance(c, Future):
-                        c.exception()  # wait
+    def walk(self, root: _DirJob) -> None:
+        """Back up the directory ``root``; returns once its tree is saved.
+
+        Directories are scanned by the scanner threads, a few at a time in
+        depth-first order (so the directories waiting for their children stay
+        few, however big the tree), and finished in the calling thread once all
+        their children are: the tree of a directory is saved after its
+        subdirectories' trees.
+        """
+        stack = [root]
+        inflight = 0
+        window = self._scan_window
+        events = self._events
+        while root.result is None:
+            while stack and inflight < window:
                 self._check_stop()
-            self._finish_dir(head)
-            self._pending_dirs.popleft()
+                inflight += 1
+                self._scanners.submit(self._scan_job, stack.pop())
+            try:
+                kind, job, err = events.get(timeout=0.2)
+            except queue.Empty:
+                self._check_stop()
+                self._progress()
+                continue
+            if err is not None:
+                raise err
+            self._check_stop()
+            if kind == _SCANNED:
+                inflight -= 1
+                self._scanned(job, stack)
+            else:
+                job.pending -= 1
+                if job.pending == 0:
+                    self._finish_up(job)
+            self._progress()
+
+    def _scanned(self, job: _DirJob, stack: list[_DirJob]) -> None:
+        subdirs = [c for c in job.children if isinstance(c, _DirJob) and c.result is None]
+        futures = [c for c in job.children if isinstance(c, Future)]
+        job.pending = len(subdirs) + len(futures)
+        stack.extend(reversed(subdirs))
+        events = self._events
+
+        def done(_f: Future[Node | None]) -> None:
+            events.put((_CHILD, job, None))
+
+        for f in futures:
+            f.add_done_callback(done)
+        if job.pending == 0:
+            self._finish_up(job)
+
+    def _finish_up(self, job: _DirJob | None) -> None:
+        """Finish ``job``, then every ancestor it was the last unfinished child of."""
+        while job is not None:
+            self._finish_dir(job)
+            parent = job.parent
+            if parent is None:
+                return
+            parent.pending -= 1
+            if parent.pending:
+                return
+            job = parent
 
     def _finish_dir(self, job: _DirJob) -> None:
         # A stop request makes readers return None: never save a tree then,
         # or the snapshot would silently miss files.
         self._check_stop()
+        if job.excluded:
+            job.result = job.node
+            return
         nodes: list[Node] = []
         for c in job.children:
             if isinstance(c, Future):
@@ -504,15 +837,17 @@ class _Backup:
                     nodes.append(c.result)
             else:
                 nodes.append(c)
+        job.children = []
         old = job.old_nodes
         if (
             old is not None and job.old_subtree is not None and len(old) == len(nodes)
-            and all(old.get(n.name) == n for n in nodes)
+            and all(old.get(n.name) is n or old.get(n.name) == n for n in nodes)
             and self.repo.has_blob(BlobType.TREE, job.old_subtree)
         ):
             job.node.subtree = job.old_subtree
         else:
             job.node.subtree = self.repo.save_blob(BlobType.TREE, encode_tree(nodes))[0]
+        job.old_nodes = None
         job.result = job.node
 
     # -- the virtual root ------------------------------------------------------------
@@ -529,9 +864,8 @@ class _Backup:
             if parts:
                 d[parts[-1]] = None
         if targets == [b"/"]:
-            root = _DirJob(b"/", node_from_path(b"/", name=b"/"))
-            self.walk_dir(root, parent_root)
-            self._finish_ready_dirs(block=True)
+            root = _DirJob(b"/", node_from_path(b"/", name=b"/"), None, parent_root)
+            self.walk(root)
             assert root.node.subtree is not None
             return root.node.subtree
         return self._virtual(b"/", tree, parent_root)
@@ -555,15 +889,18 @@ class _Backup:
                 continue
             old_subtree = old.subtree if old is not None and old.type is NodeType.DIR else None
             if sub is None and stat.S_ISDIR(st.st_mode):
-                job = _DirJob(full, node_from_path(full, st))
+                job = _DirJob(full, node_from_path(full, st), None, old_subtree)
                 with self._lock:
                     self.summary.dirs += 1
-                self.walk_dir(job, old_subtree)
-                self._finish_ready_dirs(block=True)
+                self.walk(job)
                 nodes.append(job.node)
             elif sub is None:
-                holder = _DirJob(path, Node(name=b"", type=NodeType.DIR))
-                self._entry(full, name, st, old, holder, [])
+                holder = _DirJob(path, Node(name=b"", type=NodeType.DIR), None, None)
+                tally = _Tally()
+                self._add_entry(holder, full, name, st, old, tally)
+                self._read_listed(holder, tally)
+                with self._lock:
+                    tally.add_to(self.summary)
                 for c in holder.children:
                     n = c.result() if isinstance(c, Future) else c
                     if isinstance(n, Node):
@@ -579,8 +916,16 @@ class _Backup:
         return self.repo.save_blob(BlobType.TREE, encode_tree(nodes))[0]
 
     def close(self, *, wait: bool = True) -> None:
-        self._readers.shutdown(wait=wait, cancel_futures=not wait)
-        self._savers.shutdown(wait=wait, cancel_futures=not wait)
+        """Stop the worker threads; ``wait=False`` abandons the work not yet done.
+
+        Either way the threads have stopped when this returns (each finishes at
+        most the file or chunk it is on), so that an interrupted backup can
+        index what was uploaded knowing that no upload follows.
+        """
+        if not wait:
+            self._closing = True
+        for pool in (self._scanners, self._large, self._savers):
+            pool.shutdown(wait=True, cancel_futures=not wait)
 
 
 def _find_parent(repo: Repository, opts: BackupOptions, host: str, paths: list[str]) -> Snapshot | None:

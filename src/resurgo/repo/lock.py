@@ -15,9 +15,7 @@ timeout old.
 
 from __future__ import annotations
 
-import secrets
-import threading
-import weakref
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +28,8 @@ from resurgo.errors import (
     RepositoryLocked,
     ResurgoError,
 )
-from resurgo.repo.sessions import ControlStore, SessionSettings, whoami
+from resurgo.repo.heartbeat import ControlStore, Heartbeat, OwnerRecord
+from resurgo.repo.sessions import SessionSettings
 
 LOCK_KEY = layout.LOCKS + "exclusive"
 LOCK_VERSION = 1
@@ -40,33 +39,17 @@ UNREADABLE_LOCK_AGE = 3600.0
 
 
 @dataclass(frozen=True)
-class LockInfo:
-    id: str
-    host: str
-    pid: int
-    user: str
-    operation: str
+class LockInfo(OwnerRecord):
     time: float
-    heartbeat: float
-    stale_timeout: float
-
-    def stale(self, now: float, skew: float) -> bool:
-        return now - self.heartbeat > self.stale_timeout + skew
 
     def describe(self) -> str:
         since = datetime.fromtimestamp(self.time, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         beat = datetime.fromtimestamp(self.heartbeat, UTC).strftime("%H:%M:%S UTC")
-        return (f"{self.operation} on {self.host} (pid {self.pid}, user {self.user}) "
-                f"since {since}, last heartbeat {beat}")
+        return f"{self.owner()} since {since}, last heartbeat {beat}"
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> LockInfo:
-        return cls(
-            id=str(doc["id"]), host=str(doc["host"]), pid=int(doc["pid"]),
-            user=str(doc.get("user", "")), operation=str(doc.get("operation", "")),
-            time=float(doc["time"]), heartbeat=float(doc["heartbeat"]),
-            stale_timeout=float(doc["stale_timeout"]),
-        )
+        return cls(**OwnerRecord.owner_fields(doc, ""), time=float(doc["time"]))
 
 
 def read_lock(store: ControlStore) -> LockInfo | None:
@@ -79,39 +62,28 @@ def read_lock(store: ControlStore) -> LockInfo | None:
         raise ResurgoError(f"unreadable lock object {LOCK_KEY}: {e}")
 
 
-class ExclusiveLock:
+class ExclusiveLock(Heartbeat):
     """Hold ``locks/exclusive`` for one maintenance operation (a context manager)."""
 
     def __init__(
         self, store: ControlStore, *, operation: str, settings: SessionSettings | None = None,
         skew: float = 0.0,
     ) -> None:
-        self.settings = settings or SessionSettings()
-        self.operation = operation
+        # os.urandom, as secrets.token_hex: secrets would load libcrypto (docs/design.md, "Start-up")
+        super().__init__(store, settings or SessionSettings(), version=LOCK_VERSION,
+                         record_id=os.urandom(16).hex(), operation=operation)
         self.skew = skew
-        self.id = secrets.token_hex(16)
-        self._store = store
         self._started = 0.0
-        self._last_ok: float | None = None
-        self._lost: str | None = None
         self._held = False
-        self._mutex = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def _doc(self, now: float) -> dict[str, Any]:
-        host, pid, user = whoami()
-        return {
-            "v": LOCK_VERSION, "id": self.id, "host": host, "pid": pid, "user": user,
-            "operation": self.operation, "time": self._started, "heartbeat": now,
-            "stale_timeout": self.settings.stale_timeout,
-        }
+    def record_doc(self, now: float) -> dict[str, Any]:
+        return {**self.owner_doc(now), "time": self._started}
 
     def _create(self) -> None:
-        clock = self.settings.clock
-        m0 = clock.monotonic()
-        self._started = clock.time()
-        self._store.put_control(LOCK_KEY, self._doc(self._started), create_only=True)
+        self._started = self.settings.clock.time()
+        # The creating put always counts: the holder has just proven it is alive.
+        m0 = self.settings.clock.monotonic()
+        self.counted_put(LOCK_KEY, create_only=True)
         self._last_ok = m0
 
     def acquire(self) -> None:
@@ -138,13 +110,7 @@ class ExclusiveLock:
             who = mine.describe() if mine else "another process"
             raise RepositoryLocked(f"repository is locked by {who}")
         self._held = True
-        interval = self.settings.heartbeat_interval
-        if interval is not None:
-            self._thread = threading.Thread(
-                target=_refresh_loop, args=(weakref.ref(self), self._stop, interval),
-                name="resurgo-lock", daemon=True,
-            )
-            self._thread.start()
+        self.start_refreshing("resurgo-lock")
 
     def _holder_or_none(self) -> LockInfo | None:
         try:
@@ -158,8 +124,10 @@ class ExclusiveLock:
             now = self.settings.clock.time()
             if info.mtime is not None and now - info.mtime > UNREADABLE_LOCK_AGE + self.skew:
                 return None
-            return LockInfo("?", "?", 0, "?", "unknown (unreadable lock object)", info.mtime or now,
-                            info.mtime or now, UNREADABLE_LOCK_AGE)
+            return LockInfo(id="?", host="?", pid=0, user="?",
+                            operation="unknown (unreadable lock object)",
+                            heartbeat=info.mtime or now, stale_timeout=UNREADABLE_LOCK_AGE,
+                            time=info.mtime or now)
 
     def heartbeat(self) -> bool:
         with self._mutex:
@@ -175,22 +143,10 @@ class ExclusiveLock:
             if holder is None or holder.id != self.id:
                 self._lost = "the lock was broken by another process"
                 return False
-            clock = self.settings.clock
-            m0, w0 = clock.monotonic(), clock.time()
             try:
-                self._store.put_control(LOCK_KEY, self._doc(w0))
+                return self.counted_put(LOCK_KEY)
             except BackendError:
                 return False
-            if clock.monotonic() - m0 <= self.settings.stale_timeout / 4:
-                self._last_ok = m0
-                return True
-            return False
-
-    @property
-    def fenced(self) -> bool:
-        if self._last_ok is None:
-            return True
-        return self.settings.clock.monotonic() - self._last_ok > self.settings.stale_timeout / 2
 
     def check(self) -> None:
         """Raise ``RepositoryLocked`` unless this process still holds the lock."""
@@ -204,10 +160,7 @@ class ExclusiveLock:
             raise RepositoryLocked(f"lost the exclusive lock: {self._lost}")
 
     def release(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        self.stop_refreshing()
         with self._mutex:
             if not self._held:
                 return
@@ -225,12 +178,3 @@ class ExclusiveLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def _refresh_loop(ref: weakref.ref[ExclusiveLock], stop: threading.Event, interval: float) -> None:
-    while not stop.wait(interval):
-        lock = ref()
-        if lock is None:
-            return
-        lock.heartbeat()
-        del lock

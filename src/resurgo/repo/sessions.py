@@ -1,7 +1,7 @@
 """Writer sessions: how a process that writes to the repository tells prune it exists.
 
-A *session* is the object ``sessions/<id>`` (encrypted JSON, see ``control``)
-that a ``Repository`` creates just before its first write and deletes when it
+A *session* is a heartbeat record (``resurgo.repo.heartbeat``): the object
+``sessions/<id>`` (encrypted JSON, see ``control``) that a ``Repository`` creates just before its first write and deletes when it
 closes. It records the host, pid and user, the *start* -- the wall-clock time
 just before this process listed the index it deduplicates against (its *index
 epoch*), which may be well before the first write -- and a *heartbeat*: the
@@ -23,43 +23,20 @@ prune can call a session stale, its writer has stopped trusting it.
 
 from __future__ import annotations
 
-import getpass
 import os
-import secrets
-import socket
-import threading
-import weakref
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from resurgo.backend import ObjectInfo, layout
-from resurgo.errors import EXIT_FAILURE, BackendError, ObjectNotFound, ResurgoError
+from resurgo.errors import BackendError, ObjectNotFound, ResurgoError, SessionLost
 from resurgo.repo.clock import SYSTEM_CLOCK, Clock
+from resurgo.repo.heartbeat import ControlStore, Heartbeat, OwnerRecord, whoami
+
+__all__ = ["ControlStore", "SessionInfo", "SessionLost", "SessionSettings", "WriterSession",
+           "list_sessions", "whoami"]
 
 SESSIONS = layout.SESSIONS
 SESSION_VERSION = 1
-
-
-class SessionLost(ResurgoError):
-    """This writer can no longer prove to prune that it is alive; nothing more is saved.
-
-    Raised instead of writing an index object or a snapshot that might point at
-    data a concurrent prune has deleted. Running the operation again is safe.
-    """
-
-    exit_code = EXIT_FAILURE
-    retryable = True
-
-
-class ControlStore(Protocol):
-    """What sessions, locks and prune marks need from the repository."""
-
-    @property
-    def backend(self) -> Any: ...
-
-    def put_control(self, key: str, doc: dict[str, Any], *, create_only: bool = False) -> None: ...
-
-    def get_control(self, key: str) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -86,38 +63,15 @@ class SessionSettings:
 
 
 @dataclass(frozen=True)
-class SessionInfo:
-    id: str
-    host: str
-    pid: int
-    user: str
-    operation: str
+class SessionInfo(OwnerRecord):
     start: float
-    heartbeat: float
-    stale_timeout: float
-
-    def stale(self, now: float, skew: float) -> bool:
-        return now - self.heartbeat > self.stale_timeout + skew
 
     def describe(self) -> str:
-        return f"{self.operation} on {self.host} (pid {self.pid}, user {self.user})"
+        return self.owner()
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> SessionInfo:
-        return cls(
-            id=str(doc["id"]), host=str(doc["host"]), pid=int(doc["pid"]),
-            user=str(doc.get("user", "")), operation=str(doc.get("operation", "write")),
-            start=float(doc["start"]), heartbeat=float(doc["heartbeat"]),
-            stale_timeout=float(doc["stale_timeout"]),
-        )
-
-
-def whoami() -> tuple[str, int, str]:
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = str(os.getuid())
-    return socket.gethostname(), os.getpid(), user
+        return cls(**OwnerRecord.owner_fields(doc, "write"), start=float(doc["start"]))
 
 
 def list_sessions(store: ControlStore) -> tuple[list[SessionInfo], list[ObjectInfo]]:
@@ -135,55 +89,34 @@ def list_sessions(store: ControlStore) -> tuple[list[SessionInfo], list[ObjectIn
     return good, bad
 
 
-class WriterSession:
+class WriterSession(Heartbeat):
     """This process's session: create, refresh, check, end. Thread-safe."""
 
     def __init__(
         self, store: ControlStore, settings: SessionSettings, *, start: float,
         operation: str = "write",
     ) -> None:
-        self.id = secrets.token_hex(16)
+        # os.urandom, as secrets.token_hex: secrets would load libcrypto (docs/design.md, "Start-up")
+        super().__init__(store, settings, version=SESSION_VERSION,
+                         record_id=os.urandom(16).hex(), operation=operation)
         self.key = SESSIONS + self.id
         self.start = start
-        self.operation = operation
-        self.settings = settings
-        self._store = store
-        self._lock = threading.Lock()
-        self._last_ok: float | None = None  # monotonic time at the start of the last counted refresh
-        self._lost: str | None = None
         self._ended = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # -- life cycle ------------------------------------------------------------
 
-    def _doc(self, now: float) -> dict[str, Any]:
-        host, pid, user = whoami()
-        return {
-            "v": SESSION_VERSION, "id": self.id, "host": host, "pid": pid, "user": user,
-            "operation": self.operation, "start": self.start, "heartbeat": now,
-            "stale_timeout": self.settings.stale_timeout,
-            "heartbeat_interval": self.settings.heartbeat_interval,
-        }
+    def record_doc(self, now: float) -> dict[str, Any]:
+        return {**self.owner_doc(now), "start": self.start,
+                "heartbeat_interval": self.settings.heartbeat_interval}
 
     def begin(self) -> None:
         """Write the session object (create-only: IDs are random) and start refreshing it."""
-        clock = self.settings.clock
-        m0, w0 = clock.monotonic(), clock.time()
-        self._store.put_control(self.key, self._doc(w0), create_only=True)
-        if clock.monotonic() - m0 <= self.settings.stale_timeout / 4:
-            self._last_ok = m0
-        interval = self.settings.heartbeat_interval
-        if interval is not None:
-            self._thread = threading.Thread(
-                target=_refresh_loop, args=(weakref.ref(self), self._stop, interval),
-                name=f"resurgo-session-{self.id[:8]}", daemon=True,
-            )
-            self._thread.start()
+        self.counted_put(self.key, create_only=True)
+        self.start_refreshing(f"resurgo-session-{self.id[:8]}")
 
     def heartbeat(self) -> bool:
         """Refresh the session object once; False when it did not count (or the session is lost)."""
-        with self._lock:
+        with self._mutex:
             if self._ended or self._lost is not None:
                 return False
             if self.fenced:
@@ -198,45 +131,24 @@ class WriterSession:
                 return False
             except BackendError:
                 return False
-            clock = self.settings.clock
-            m0, w0 = clock.monotonic(), clock.time()
             try:
-                self._store.put_control(self.key, self._doc(w0))
+                return self.counted_put(self.key)
             except BackendError:
                 return False
-            # A refresh that took long may have landed after prune read the
-            # old heartbeat: it does not extend the fence (module docstring).
-            if clock.monotonic() - m0 <= self.settings.stale_timeout / 4:
-                self._last_ok = m0
-                return True
-            return False
 
     def end(self) -> None:
         """Stop refreshing and delete the session object (errors ignored: it goes stale)."""
-        with self._lock:
+        with self._mutex:
             if self._ended:
                 return
             self._ended = True
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        self.stop_refreshing()
         try:
             self._store.backend.delete(self.key)
         except BackendError:
             pass
 
     # -- checks ------------------------------------------------------------------
-
-    @property
-    def fenced(self) -> bool:
-        if self._last_ok is None:
-            return True
-        return self.settings.clock.monotonic() - self._last_ok > self.settings.stale_timeout / 2
-
-    @property
-    def lost(self) -> str | None:
-        return self._lost
 
     def _fenced_message(self) -> str:
         return (f"no successful heartbeat for more than {self.settings.stale_timeout / 2:.0f}s "
@@ -257,17 +169,3 @@ class WriterSession:
                 self._lost = "the session object was removed (prune judged this writer stale)"
         if self._lost is not None:
             raise SessionLost(f"refusing to {what}: {self._lost}; nothing was lost, run it again")
-
-
-def _refresh_loop(ref: weakref.ref[WriterSession], stop: threading.Event, interval: float) -> None:
-    # Holds the session only weakly: a Repository dropped without close()
-    # lets its thread end; its session object then goes stale.
-    while not stop.wait(interval):
-        session = ref()
-        if session is None:
-            return
-        session.heartbeat()
-        if session.lost is not None:
-            return
-        del session
-

@@ -105,6 +105,8 @@ def read_xattrs(path: bytes, *, tolerate_denied: bool = False) -> dict[bytes, by
         if exc.errno in _XATTR_ABSENT or (tolerate_denied and exc.errno in _DENIED):
             return {}
         raise
+    if not names:
+        return {}
     out: dict[bytes, bytes] = {}
     for xname in names:
         try:
@@ -134,22 +136,24 @@ def node_from_path(
     if st is None:
         st = os.lstat(path)
     ntype = node_type(st.st_mode)
+    # Positional arguments, in Node's field order: a backup builds one node per
+    # entry, and keyword arguments cost a third more.
     node = Node(
-        name=name if name is not None else os.path.basename(path.rstrip(b"/")),
-        type=ntype,
-        mode=stat.S_IMODE(st.st_mode),
-        uid=st.st_uid,
-        gid=st.st_gid,
-        user=user_name(st.st_uid),
-        group=group_name(st.st_gid),
-        mtime_ns=st.st_mtime_ns,
-        atime_ns=st.st_atime_ns,
-        ctime_ns=st.st_ctime_ns,
-        size=st.st_size if ntype is NodeType.FILE else 0,
-        inode=st.st_ino,
-        device_id=st.st_dev,
-        nlink=st.st_nlink,
-        rdev=st.st_rdev if ntype in (NodeType.BLOCKDEV, NodeType.CHARDEV) else 0,
+        name if name is not None else os.path.basename(path.rstrip(b"/")),
+        ntype,
+        stat.S_IMODE(st.st_mode),
+        st.st_uid,
+        st.st_gid,
+        user_name(st.st_uid),
+        group_name(st.st_gid),
+        st.st_mtime_ns,
+        st.st_atime_ns,
+        st.st_ctime_ns,
+        st.st_size if ntype is NodeType.FILE else 0,
+        st.st_ino,
+        st.st_dev,
+        st.st_nlink,
+        st.st_rdev if ntype in (NodeType.BLOCKDEV, NodeType.CHARDEV) else 0,
     )
     if ntype is NodeType.SYMLINK:
         node.linktarget = os.readlink(path)

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from json.encoder import encode_basestring as _json_str  # C; non-ASCII kept, as ensure_ascii=False
 from typing import Any
 
 from resurgo.errors import CorruptObject, UnsupportedVersion
@@ -182,20 +183,89 @@ def _encode_node(node: Node) -> dict[str, Any]:
     return out
 
 
+def _json_bytes(key: str, value: bytes) -> str:
+    """``"key":"text"`` for bytes that are UTF-8, else ``"key_b64":"base64"`` (as ``_put_bytes``)."""
+    try:
+        return f'"{key}":{_json_str(value.decode("utf-8"))}'
+    except UnicodeDecodeError:
+        return f'"{key}_b64":"{_b64(value)}"'
+
+
+def _node_json(node: Node) -> str:
+    """The canonical JSON object of one node, as ``_canonical_json(_encode_node(node))``
+    writes it, built directly: the fields are appended in sorted key order."""
+    parts: list[str] = []
+    add = parts.append
+    if node.atime_ns:
+        add(f'"atime_ns":{int(node.atime_ns)}')
+    if node.content:
+        add('"content":["' + '","'.join([b.hex() for b in node.content]) + '"]')
+    if node.ctime_ns:
+        add(f'"ctime_ns":{int(node.ctime_ns)}')
+    if node.device_id:
+        add(f'"device_id":{int(node.device_id)}')
+    if node.error is not None:
+        add('"error":' + _json_str(_text(node.error)))
+    if node.gid:
+        add(f'"gid":{int(node.gid)}')
+    if node.group is not None:
+        add('"group":' + _json_str(_text(node.group)))
+    if node.holes:
+        add('"holes":[' + ",".join([f"[{int(o)},{int(n)}]" for o, n in node.holes]) + "]")
+    if node.inode:
+        add(f'"inode":{int(node.inode)}')
+    if node.linktarget is not None:
+        add(_json_bytes("linktarget", node.linktarget))
+    if node.mode:
+        add(f'"mode":{int(node.mode)}')
+    if node.mtime_ns:
+        add(f'"mtime_ns":{int(node.mtime_ns)}')
+    add(_json_bytes("name", node.name))
+    if node.nlink != 1:
+        add(f'"nlink":{int(node.nlink)}')
+    if node.rdev:
+        add(f'"rdev":{int(node.rdev)}')
+    if node.size:
+        add(f'"size":{int(node.size)}')
+    if node.subtree is not None:
+        add(f'"subtree":"{node.subtree.hex()}"')
+    add(f'"type":"{node.type.value}"')
+    if node.uid:
+        add(f'"uid":{int(node.uid)}')
+    if node.user is not None:
+        add('"user":' + _json_str(_text(node.user)))
+    if node.xattrs:
+        add('"xattrs":[' + ",".join([
+            "{" + _json_bytes("name", xname) + f',"value":"{_b64(node.xattrs[xname])}"' + "}"
+            for xname in sorted(node.xattrs)
+        ]) + "]")
+    return "{" + ",".join(parts) + "}"
+
+
+def _node_name(node: Node) -> bytes:
+    return node.name
+
+
 def encode_tree(nodes: Iterable[Node]) -> bytes:
     """Canonical bytes of a tree: nodes sorted by raw name, canonical JSON.
 
     Raises ValueError for nodes no valid tree may contain (bad or duplicate
-    names): those are programming errors, not damage.
+    names): those are programming errors, not damage. The bytes equal
+    ``_canonical_json`` of the ``_encode_node`` dicts; they are written
+    directly because a backup encodes every directory it saves (about 3x
+    faster than building dicts for ``json.dumps``).
     """
-    ordered = sorted(nodes, key=lambda n: n.name)
-    for i, node in enumerate(ordered):
-        problem = check_name(node.name)
-        if problem:
-            raise ValueError(f"cannot encode tree: {problem}")
-        if i and ordered[i - 1].name == node.name:
-            raise ValueError(f"cannot encode tree: duplicate name {node.name!r}")
-    return _canonical_json({"v": TREE_VERSION, "nodes": [_encode_node(n) for n in ordered]})
+    ordered = sorted(nodes, key=_node_name)
+    prev = None
+    for node in ordered:
+        name = node.name
+        if not name or name == b"." or name == b".." or b"/" in name or b"\0" in name:
+            raise ValueError(f"cannot encode tree: {check_name(name)}")
+        if name == prev:
+            raise ValueError(f"cannot encode tree: duplicate name {name!r}")
+        prev = name
+    return ('{"nodes":[' + ",".join([_node_json(n) for n in ordered])
+            + '],"v":' + str(TREE_VERSION) + "}").encode("utf-8")
 
 
 # --- decoding -------------------------------------------------------------------
@@ -371,59 +441,67 @@ _INT_FIELDS: tuple[tuple[str, int, int | None, int | None], ...] = (
 
 
 def _decode_node(obj: Any) -> Node:
-    if not isinstance(obj, dict):
+    # Every parent tree a backup compares with passes through here, one call per
+    # entry: the common cases (plain UTF-8 name, absent optional fields) are
+    # checked inline; the rare ones go through the general helpers.
+    if type(obj) is not dict:
         raise _Invalid("node is not a JSON object")
-    unknown = set(obj) - _NODE_KEYS
-    if unknown:
-        raise _Invalid(f"unknown node fields {sorted(unknown)}")
-    name = _get_bytes(obj, "name")
-    if name is None:
-        raise _Invalid("node has no name")
-    problem = check_name(name)
-    if problem:
-        raise _Invalid(problem)
-    type_name = obj.get("type")
-    if not isinstance(type_name, str) or type_name not in _NODE_TYPES:
+    if not obj.keys() <= _NODE_KEYS:
+        raise _Invalid(f"unknown node fields {sorted(set(obj) - _NODE_KEYS)}")
+    get = obj.get
+    plain_name = get("name")
+    if type(plain_name) is str and "name_b64" not in obj:
+        try:
+            name = plain_name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Invalid("field 'name' is not valid Unicode") from None
+    else:
+        got = _get_bytes(obj, "name")
+        if got is None:
+            raise _Invalid("node has no name")
+        name = got
+    if not name or name == b"." or name == b".." or b"/" in name or b"\0" in name:
+        raise _Invalid(check_name(name) or "invalid name")
+    type_name = get("type")
+    ntype = _NODE_TYPES.get(type_name) if type(type_name) is str else None
+    if ntype is None:
         raise _Invalid(f"unknown node type {type_name!r} for {name!r}")
-    ntype = _NODE_TYPES[type_name]
     ints = []
     for key, default, lo, hi in _INT_FIELDS:
-        value = obj.get(key, default)
+        value = get(key, default)
         if type(value) is not int:
             raise _Invalid(f"field {key!r} is not an integer")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise _Invalid(f"field {key!r} out of range: {value}")
         ints.append(value)
     mode, uid, gid, mtime_ns, atime_ns, ctime_ns, size, inode, device_id, nlink, rdev = ints
-    node = Node(
-        name=name,
-        type=ntype,
-        mode=mode,
-        uid=uid,
-        gid=gid,
-        user=_opt_str(obj, "user"),
-        group=_opt_str(obj, "group"),
-        mtime_ns=mtime_ns,
-        atime_ns=atime_ns,
-        ctime_ns=ctime_ns,
-        size=size,
-        inode=inode,
-        device_id=device_id,
-        nlink=nlink,
-        rdev=rdev,
-        error=_opt_str(obj, "error"),
-    )
-    node.linktarget = _get_bytes(obj, "linktarget")
+    texts = []
+    for key in ("user", "group", "error"):
+        value = get(key)
+        if value is not None and type(value) is not str:
+            raise _Invalid(f"field {key!r} is not a string")
+        texts.append(value)
+    linktarget = (_get_bytes(obj, "linktarget")
+                  if "linktarget" in obj or "linktarget_b64" in obj else None)
     if ntype is NodeType.SYMLINK:
-        if not node.linktarget or b"\0" in node.linktarget:
+        if not linktarget or b"\0" in linktarget:
             raise _Invalid(f"symlink {name!r} has an empty or NUL-containing target")
-    elif node.linktarget is not None:
+    elif linktarget is not None:
         raise _Invalid(f"{type_name} {name!r} has a link target")
-    node.xattrs = _decode_xattrs(_list(obj, "xattrs"))
-    node.content = [_blob_id(v, "content") for v in _list(obj, "content")]
-    node.holes = _decode_holes(_list(obj, "holes"), node.size)
-    if (node.content or node.holes) and ntype is not NodeType.FILE:
+    xattrs = _decode_xattrs(_list(obj, "xattrs")) if "xattrs" in obj else {}
+    content = get("content")
+    if content is None:
+        content = []
+    elif type(content) is list:
+        content = [_blob_id(v, "content") for v in content]
+    else:
+        raise _Invalid("field 'content' is not a list")
+    holes = _decode_holes(_list(obj, "holes"), size) if "holes" in obj else []
+    if (content or holes) and ntype is not NodeType.FILE:
         raise _Invalid(f"{type_name} {name!r} has file content")
+    node = Node(name, ntype, mode, uid, gid, texts[0], texts[1], mtime_ns, atime_ns, ctime_ns,
+                size, inode, device_id, nlink, rdev, linktarget, xattrs, content, holes, None,
+                texts[2])
     if "subtree" in obj:
         if ntype is not NodeType.DIR:
             raise _Invalid(f"{type_name} {name!r} has a subtree")
