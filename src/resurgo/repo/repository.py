@@ -536,7 +536,7 @@ class Repository:
         """
         key = (blob_type, bid)
         try:
-            env = self._sealer.seal(
+            env = self._sealer.seal_view(
                 _KIND_OF_TYPE[blob_type], data, blob_context(blob_type, bid), dictionary=dictionary
             )
         except BaseException:
