@@ -1,17 +1,11 @@
-"""check_repository: the snapshot walk and reading the data beside it."""
+"""check_repository: the snapshot walk (batched index lookups) and its problems."""
 
 from __future__ import annotations
 
-import threading
-
-import pytest
-
 from resurgo.backend import layout
 from resurgo.backend.memory import MemoryBackend
-from resurgo.ops import check as check_mod
 from resurgo.ops.check import check_repository
 from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
-from resurgo.repo.verify import CheckReport
 from resurgo.snapshot.model import Node, NodeType, Snapshot, encode_tree
 from resurgo.snapshot.store import save_snapshot
 
@@ -31,7 +25,7 @@ def snapshot_of(repo: Repository, nodes: list[Node], when: int) -> str:
     return save_snapshot(repo, Snapshot(time_ns=when, tree=tree, paths=["/x"]))
 
 
-def test_clean_repository_reads_every_blob_beside_the_walk() -> None:
+def test_clean_repository_checks_and_reads_every_blob() -> None:
     repo = new_repo()
     blobs = [repo.save_blob(BlobType.DATA, bytes([i]) * 3000)[0] for i in range(40)]
     sub, _ = repo.save_blob(BlobType.TREE, encode_tree([file_node(b"f", blobs[:10])]))
@@ -80,25 +74,3 @@ def test_walk_problems_come_before_data_problems() -> None:
     repo.backend.put(key, bytes(data))
     report = check_repository(repo, read_all_data=True)
     assert [p.kind for p in report.problems] == ["missing-blob", "corrupt-pack", "corrupt-blob"]
-
-
-def test_failed_walk_stops_the_data_reading_and_surfaces(monkeypatch: pytest.MonkeyPatch) -> None:
-    repo = new_repo()
-    snapshot_of(repo, [file_node(b"a", [repo.save_blob(BlobType.DATA, b"x" * 3000)[0]])], 1)
-    seen: dict[str, threading.Event | None] = {}
-    real_read = check_mod.read_data
-
-    def read_data(*args: object, cancel: threading.Event, **kwargs: object) -> None:
-        seen["cancel"] = cancel
-        assert cancel.wait(10)  # stopped by the failed walk, not by a timeout
-        real_read(*args, cancel=cancel, **kwargs)  # type: ignore[arg-type]
-
-    def failing_walk(repo: Repository, report: CheckReport, reporter: object) -> None:
-        raise RuntimeError("walk failed")
-
-    monkeypatch.setattr(check_mod, "read_data", read_data)
-    monkeypatch.setattr(check_mod, "check_snapshots", failing_walk)
-    with pytest.raises(RuntimeError, match="walk failed"):
-        check_repository(repo, read_all_data=True)
-    cancel = seen["cancel"]
-    assert cancel is not None and cancel.is_set()

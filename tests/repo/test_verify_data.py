@@ -203,92 +203,51 @@ def test_truncated_pack_is_reported_once_the_whole_pack_is_hashed(
     assert [(p.kind, p.object) for p in report.problems] == [("corrupt-pack", key), ("corrupt-pack", key)]
 
 
-def test_cancel_stops_reading_between_ranges(store: FaultyBackend, monkeypatch: pytest.MonkeyPatch) -> None:
-    sized(monkeypatch, 100, 500)
-    _, repo = fresh(store)
-    cancel = threading.Event()
-    cancel.set()
-    report = CheckReport()
-    read_data(repo, report, cancel=cancel)
-    assert report.packs_read == 0 and report.ok
-
-
-def test_one_thread_at_a_time_takes_dense_packs_and_only_once_let() -> None:
-    stop, gate = threading.Event(), threading.Event()
-    schedule = verify._Schedule(["s1", "s2", "s3"], ["d1", "d2"], stop, gate)
-    got: list[tuple[str, bool] | None] = []
-
-    def take() -> threading.Thread:
-        t = threading.Thread(target=lambda: got.append(schedule.next()))
-        t.start()
-        t.join(0.2)
-        return t
-
-    assert schedule.next() == ("s1", False)  # the gate is closed: sparse packs only,
-    waiter = take()
-    assert waiter.is_alive() and not got  # one thread at a time
-    schedule.done(False)
-    waiter.join(5)
-    assert got == [("s2", False)]
-    third = take()
-    assert third.is_alive()  # s3 waits for the gate, as do the dense packs
-    gate.set()
-    third.join(5)
-    assert got == [("s2", False), ("d1", True)]  # once open, the dense packs come first
-    assert schedule.next() == ("s3", False)
-    second = take()
-    assert second.is_alive()  # d2 waits until d1 is done
-    schedule.done(False)
-    schedule.done(False)
-    second.join(0.2)
-    assert second.is_alive()
-    schedule.done(True)
-    second.join(5)
-    assert got == [("s2", False), ("d1", True), ("d2", True)]
-    schedule.done(True)
-    assert schedule.next() is None
-
-
-def test_dense_and_sparse_packs_are_taken_side_by_side_and_cancel_ends_waiting() -> None:
-    stop = threading.Event()
-    schedule = verify._Schedule(["s1", "s2"], ["d1", "d2"], stop, None)
-    assert schedule.next() == ("d1", True)
-    assert schedule.next() == ("s1", False)
-    assert schedule.next() == ("s2", False)
-    got: list[tuple[str, bool] | None] = []
-    waiter = threading.Thread(target=lambda: got.append(schedule.next()))
-    waiter.start()
-    waiter.join(0.2)
-    assert waiter.is_alive()
-    stop.set()
-    schedule.done(True)
-    waiter.join(5)
-    assert got == [None]
-
-
-def test_read_data_tells_dense_packs_apart_by_their_trailers(
+def test_small_blobs_are_verified_one_thread_at_a_time_and_problems_keep_pack_order(
     store: FaultyBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, repo = fresh(store)
+    sized(monkeypatch, 100, 5000)
+    monkeypatch.setattr(verify, "SMALL_BLOB", 2500)  # test blobs are 1.5-3 KB (or larger, compressible)
+    backend, repo = fresh(store)
     trailers = check_structure(repo, CheckReport())
-    seen: list[tuple[list[str], list[str]]] = []
-    real = verify._Schedule
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+    real = repo.verify_blob_envelope
 
-    def recording(sparse: list[str], dense: list[str], *args: object) -> verify._Schedule:
-        seen.append((sparse, dense))
-        return real(sparse, dense, *args)  # type: ignore[arg-type]
+    def counting(blob: PackedBlob, envelope: bytes | memoryview, pack_hex: str) -> None:
+        nonlocal inside, most
+        small = blob.raw_length < 2500
+        if small:
+            with lock:
+                inside += 1
+                most = max(most, inside)
+        try:
+            real(blob, envelope, pack_hex)
+        finally:
+            if small:
+                with lock:
+                    inside -= 1
 
-    monkeypatch.setattr(verify, "_Schedule", recording)
-    read_data(repo, CheckReport())  # no trailers: nothing is known to be dense
-    monkeypatch.setattr(verify, "DENSE_BLOB", 2000)  # test blobs are 1.5-3 KB
+    monkeypatch.setattr(repo, "verify_blob_envelope", counting)
+    # Damage two blobs of one pack, a large one after a small one: the
+    # large blobs of a range are verified after its small ones, the problems
+    # still come in pack order.
+    pack_hex = max(trailers, key=lambda p: len(trailers[p]))
+    blobs = trailers[pack_hex]
+    first = next(x for x in blobs if x.raw_length < 2500)
+    second = next(x for x in blobs if x.offset > first.offset and x.raw_length >= 2500)
+    key = layout.pack(pack_hex)
+    for victim in (first, second):
+        flip(backend, key, victim.offset + victim.length // 2)
     report = CheckReport()
-    read_data(repo, report, trailers=trailers)
-    assert report.ok and report.packs_read == len(trailers)
-    (sparse0, dense0), (sparse1, dense1) = seen
-    assert dense0 == [] and sorted(sparse0) == sorted(trailers)
-    sizes = {layout.name_of(o.key): o.size for o in repo.backend.list("data/")}
-    assert dense1 == [p for p in sorted(trailers, key=lambda p: -sizes[p]) if 2000 * len(trailers[p]) > sizes[p]]
-    assert dense1 and sparse1 and set(dense1) | set(sparse1) == set(trailers)
+    read_data(repo, report)
+    assert most == 1
+    assert [(p.kind, p.object) for p in report.problems] == [
+        ("corrupt-pack", key),
+        ("corrupt-blob", f"blob {first.id.hex()} in {key}"),
+        ("corrupt-blob", f"blob {second.id.hex()} in {key}"),
+    ]
 
 
 # -- Sealer.open_digest: the same verdict as Sealer.open, without the plaintext ------------
@@ -346,7 +305,7 @@ def test_open_digest_reuses_one_buffer_per_thread_grown_to_the_largest_envelope(
         env = sealer.seal(Kind.DATA, plain, b"")
         assert _open_digest(sealer, env, b"", len(plain)) == plain
     assert len(sealer._local.open_buf) == len(big)
-    assert len(sealer._local.plain_buf) == 200_001
+    assert len(sealer._local.piece) == 200_001
 
 
 @pytest.mark.parametrize("compressible", [True, False])
@@ -442,3 +401,14 @@ def test_open_digest_opens_dictionary_compressed_envelopes_as_open_does() -> Non
         without.open(Kind.DATA, env, b"ctx", name="x")
     with pytest.raises(CorruptObject, match="needs a dictionary"):
         _open_digest(without, env, b"ctx", len(plain))
+
+
+@pytest.mark.parametrize("size", [1, 1000, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, 3 << 20])
+def test_open_digest_hashes_large_plaintexts_piece_by_piece_whatever_their_size(size: int) -> None:
+    sealer = Sealer(os.urandom(32))
+    plain = (b"0123456789abcdef" * (size // 16 + 1))[:size]
+    env = sealer.seal(Kind.DATA, plain, b"")
+    assert _open_digest(sealer, env, b"", size) == plain
+    for wrong in (size - 1, size + 1):
+        h = _Hasher()
+        assert sealer.open_digest(Kind.DATA, env, b"", h, expect=wrong, name="x") != wrong

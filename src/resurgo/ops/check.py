@@ -8,15 +8,12 @@ Three layers, each reporting *problems* that name the damaged object:
 3. references: every snapshot decodes, every tree it reaches loads and
    decodes, every data blob a file names is in the index.
 With ``read_data`` (or a subset), packs are downloaded and every blob is
-authenticated and re-hashed, while the snapshots are walked. Nothing here
-writes to the repository.
+authenticated and re-hashed. Nothing here writes to the repository.
 """
 
 from __future__ import annotations
 
 import itertools
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -84,7 +81,8 @@ def check_snapshots(repo: Repository, report: CheckReport, reporter: Reporter = 
                 continue
             seen_trees.add(tree_id)
             try:
-                nodes = decode_tree(repo.load_blob(BlobType.TREE, tree_id), tree_id=tree_id)
+                # Each tree is read once: keeping it would only hold memory.
+                nodes = decode_tree(repo.load_blob(BlobType.TREE, tree_id, keep=False), tree_id=tree_id)
             except BlobNotFound:
                 report.add("missing-tree", f"tree {tree_id.hex()}", f"not in the index ({_where(sid, path)})")
                 damaged = True
@@ -133,37 +131,14 @@ def check_repository(
     # a good cached copy must not hide damage in the repository itself.
     repo.read_through_cache = False
     reporter.event("phase", name="structure")
-    packs = list_packs(repo)
-    trailers = check_structure(repo, report, reporter, packs=packs)
+    packs = list_packs(repo)  # one listing for both
+    check_structure(repo, report, reporter, packs=packs)
     check_index_objects(repo, report)
     for name, error in repo.dictionaries.verify().items():
         report.add("corrupt-dictionary", f"dicts/{name}", error)
-    if not (read_all_data or subset):
-        reporter.event("phase", name="snapshots")
-        check_snapshots(repo, report, reporter)
-        return report
-    # The data is read while the snapshots are walked: reading is I/O and C
-    # code outside the GIL (decryption aside), the walk is Python code, so
-    # the two share the cores well, except for packs of small blobs, which
-    # need the GIL as often as the walk does: those wait for its end
-    # (``read_data``'s ``dense_after``). The data's problems are listed after
-    # the walk's.
-    reporter.event("phase", name="read-data", subset=subset)
-    data = CheckReport()
-    cancel = threading.Event()
-    walked = threading.Event()
-    with ThreadPoolExecutor(1) as background:
-        reading = background.submit(read_data, repo, data, subset=subset, reporter=reporter, packs=packs,
-                                    trailers=trailers, cancel=cancel, dense_after=walked)
-        try:
-            reporter.event("phase", name="snapshots")
-            check_snapshots(repo, report, reporter)
-        except BaseException:
-            cancel.set()
-            raise
-        finally:
-            walked.set()
-        reading.result()
-    report.problems += data.problems
-    report.packs_read, report.blobs_read, report.bytes_read = data.packs_read, data.blobs_read, data.bytes_read
+    reporter.event("phase", name="snapshots")
+    check_snapshots(repo, report, reporter)
+    if read_all_data or subset:
+        reporter.event("phase", name="read-data", subset=subset)
+        read_data(repo, report, subset=subset, reporter=reporter, packs=packs)
     return report

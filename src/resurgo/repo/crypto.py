@@ -76,6 +76,8 @@ MAX_PLAINTEXT = 1 << 30
 # used: with a dictionary, level 4 stores small text ~8 % smaller than level 3
 # for ~20 % more time, and small blobs are a small share of the CPU time.
 SMALL_BLOB = 64 << 10
+# Plaintext bytes per step of ``Sealer.open_digest``.
+DIGEST_PIECE = 1 << 20
 
 
 class Dictionary:
@@ -266,14 +268,16 @@ class Sealer:
         """``hasher.update(open(...))`` without keeping the plaintext; returns its length.
 
         ``expect`` is the plaintext length the caller expects. The plaintext
-        goes through two buffers this thread keeps for the next call (fresh
+        goes through buffers this thread keeps for the next call (fresh
         megabyte-sized buffers per blob cost page faults, and the kernel
-        zeroing them): the envelope is decrypted into one, decompressed into
-        the other, and hashed in one call: the fewer times a verifying thread
-        gives up the GIL, the less it waits to get it back while other threads
-        run Python code. The length returned is exact up to ``expect + 1``;
-        a longer plaintext returns ``expect + 1`` without being hashed whole.
-        As in ``open``, only the first zstd frame counts.
+        zeroing them): the envelope is decrypted into one (as large as the
+        largest envelope), decompressed into another ``DIGEST_PIECE`` bytes at
+        a time, each piece hashed in one call: few enough calls that a
+        verifying thread seldom gives up the GIL (and waits to get it back
+        while other threads run Python code). The length returned is exact up
+        to ``expect + 1``; a longer plaintext returns more than ``expect``
+        without being hashed whole. As in ``open``, a zstd stream ends with its
+        first frame (unless that frame ends exactly at the end of a piece).
         """
         header, version, comp = _check_header(kind, envelope, name)
         size = len(envelope) - OVERHEAD
@@ -290,17 +294,20 @@ class Sealer:
             hasher.update(body)
             return size
         dctx, frame = self._frame(version, comp, body, name)
-        out = _scratch(local, "plain_buf", min(expect, MAX_PLAINTEXT) + 1)
+        piece = _scratch(local, "piece", min(DIGEST_PIECE, expect + 1))
+        total = 0
         try:
-            # One call: the reader stops at the end of the first frame (as
-            # ``decompress`` does) or once ``out`` is full.
             with dctx.stream_reader(frame) as reader:
-                n = reader.readinto(out)
+                # A short read is the end of the first frame (or of the data).
+                while total <= expect and (n := reader.readinto(piece)):
+                    total += n
+                    if total <= expect:
+                        hasher.update(piece[:n])
+                    if n < len(piece):
+                        break
         except zstandard.ZstdError as e:
             raise CorruptObject(name, f"bad compressed data: {e}")
-        if n <= expect:
-            hasher.update(out[:n])
-        return int(n)
+        return total
 
     def _frame(
         self, version: int, comp: int, body: bytes | memoryview, name: str

@@ -681,7 +681,12 @@ class Repository:
             raise CorruptObject(name, "length differs from the index")
         return plain
 
-    def load_blob(self, blob_type: int, blob_id: bytes) -> bytes:
+    def load_blob(self, blob_type: int, blob_id: bytes, *, keep: bool = True) -> bytes:
+        """A blob's plaintext.
+
+        Trees stay in memory for the next call (up to ``TREE_CACHE_BYTES``)
+        unless ``keep`` is false: for a caller that reads each tree once.
+        """
         if blob_type == BlobType.TREE:
             with self._lock:
                 cached = self._tree_cache.get(blob_id)
@@ -697,7 +702,7 @@ class Repository:
             plain = self._load_tree_via_cache(loc)
         else:
             plain = self.open_blob(loc, self.read_pack_range(loc.pack_id, loc.offset, loc.length))
-        if blob_type == BlobType.TREE:
+        if blob_type == BlobType.TREE and keep:
             with self._lock:
                 self._tree_cache[blob_id] = plain
                 self._tree_cache_bytes += len(plain)

@@ -41,13 +41,11 @@ READ_DATA_THREADS = min(4, max(2, os.cpu_count() or 2))
 # Bytes per ranged read of a pack (more when one blob is larger): each thread
 # holds two ranges (one verified, one being read), not a whole pack.
 READ_RANGE = 4 << 20
-# A pack whose blobs average fewer bytes than this is verified by one thread
-# at a time (see ``_Schedule``).
-DENSE_BLOB = 64 << 10
-# Threads of read_data that work while its caller runs Python code (see ``_Schedule``).
-BESIDE_GATE = 1
 # Ranges each read_data thread has requested ahead of the one it verifies.
 READ_AHEAD = 1
+# Blobs whose plaintext is smaller than this are verified one thread at a
+# time (see ``_Reading``).
+SMALL_BLOB = 16 << 10
 
 
 @dataclass(frozen=True)
@@ -185,8 +183,6 @@ def check_structure(
 def read_data(
     repo: Repository, report: CheckReport, *, subset: str | None = None, reporter: Reporter = NULL,
     rng: random.Random | None = None, packs: dict[str, ObjectInfo] | None = None,
-    trailers: dict[str, list[PackedBlob]] | None = None, cancel: threading.Event | None = None,
-    dense_after: threading.Event | None = None,
 ) -> None:
     """Read packs (all, or a subset), verify hashes, decrypt and re-hash every blob.
 
@@ -194,104 +190,53 @@ def read_data(
     end on blob boundaries: its trailer comes first (from the tail), then
     every blob is authenticated, decompressed and re-hashed straight from the
     range it arrived in, while the pack's own hash is computed over the
-    ranges in order. Each worker thread fetches its next range while it
-    verifies the current one, so memory stays at a few ranges per thread
-    whatever the pack size.
-
-    ``packs`` is the listing of ``data/`` (``list_packs``) and ``trailers``
-    the trailers ``check_structure`` read, when the caller has them: with
-    them, packs of small blobs are told apart (see ``_Schedule``), and
-    ``dense_after`` holds them back until it is set (while the caller runs
-    Python code of its own). ``cancel`` stops the work between ranges.
+    ranges in order. Each thread has its next range read while it verifies
+    the current one, so memory stays at a few ranges per thread whatever the
+    pack size. ``packs`` is the listing of ``data/`` (``list_packs``) when
+    the caller has one.
     """
     infos = packs if packs is not None else list_packs(repo)
     chosen = select_subset(infos, subset, rng)
-    stop = cancel or threading.Event()
-    known = trailers or {}
     # Largest first, so that the threads run out of work at about the same time.
-    by_size = sorted(chosen, key=lambda p: infos[p].size, reverse=True)
-    dense = {p for p in chosen if len(known.get(p, ())) * DENSE_BLOB > infos[p].size}
-    schedule = _Schedule([p for p in by_size if p not in dense], [p for p in by_size if p in dense],
-                         stop, dense_after)
-    progress = _ReadProgress(report, reporter, len(chosen))
+    queue = deque(sorted(chosen, key=lambda p: infos[p].size, reverse=True))
+    reading = _Reading(repo, report, reporter, len(chosen))
 
     def worker() -> None:
-        while (job := schedule.next()) is not None:
-            pack_hex, is_dense = job
+        while not reading.stop.is_set():
             try:
-                _read_pack(repo, pack_hex, infos[pack_hex].size, fetch, stop, progress)
-            finally:
-                schedule.done(is_dense)
+                pack_hex = queue.popleft()
+            except IndexError:
+                return
+            _read_pack(reading, pack_hex, infos[pack_hex].size)
 
-    with ThreadPoolExecutor(READ_DATA_THREADS) as fetch, ThreadPoolExecutor(READ_DATA_THREADS) as work:
+    with ThreadPoolExecutor(READ_DATA_THREADS) as reading.fetch, ThreadPoolExecutor(READ_DATA_THREADS) as work:
         futures = [work.submit(worker) for _ in range(READ_DATA_THREADS)]
         try:
             for f in futures:
                 f.result()
         except BaseException:
-            stop.set()
+            reading.stop.set()
             raise
 
 
-class _Schedule:
-    """Which pack each ``read_data`` thread verifies next.
+class _Reading:
+    """What the threads of one ``read_data`` share: counts, problems, the read-ahead pool, locks."""
 
-    A *dense* pack holds small blobs (under ``DENSE_BLOB`` bytes on average):
-    verifying one is mostly short steps that each take and release the GIL
-    (about 15 µs per blob: decryption, then decompression and hashing, which
-    release it), and two threads doing that wait on each other more than they
-    gain (measured on 2 cores: slower than one thread). So one thread at a
-    time takes dense packs while the others take the rest, whose large blobs
-    keep the C code busy for a millisecond or more per GIL release.
+    fetch: ThreadPoolExecutor
 
-    Until ``gate`` is set (while the caller runs Python code of its own), no
-    dense pack is started and at most ``BESIDE_GATE`` threads work.
-    """
-
-    def __init__(self, sparse: list[str], dense: list[str], stop: threading.Event,
-                 gate: threading.Event | None) -> None:
-        self._sparse = deque(sparse)
-        self._dense = deque(dense)
-        self._stop = stop
-        self._gate = gate
-        self._dense_busy = False
-        self._busy = 0
-        self._cond = threading.Condition()
-
-    def next(self) -> tuple[str, bool] | None:
-        """(pack ID, dense) to verify next; None once nothing is left (or on cancel)."""
-        with self._cond:
-            while True:
-                if self._stop.is_set():
-                    return None
-                gate_open = self._gate is None or self._gate.is_set()
-                if self._dense and gate_open and not self._dense_busy:
-                    self._dense_busy = True
-                    self._busy += 1
-                    return self._dense.popleft(), True
-                if self._sparse and (gate_open or self._busy < BESIDE_GATE):
-                    self._busy += 1
-                    return self._sparse.popleft(), False
-                if not self._dense and not self._sparse:
-                    return None
-                # Wait for a thread to finish its pack, or (polled) for the gate.
-                self._cond.wait(None if gate_open else 0.01)
-
-    def done(self, dense: bool) -> None:
-        with self._cond:
-            self._busy -= 1
-            if dense:
-                self._dense_busy = False
-            self._cond.notify_all()
-
-
-class _ReadProgress:
-    """Counts and problems of ``read_data``, shared by its threads."""
-
-    def __init__(self, report: CheckReport, reporter: Reporter, packs_total: int) -> None:
+    def __init__(self, repo: Repository, report: CheckReport, reporter: Reporter, packs_total: int) -> None:
+        self.repo = repo
         self.report = report
         self.reporter = reporter
         self.packs_total = packs_total
+        self.stop = threading.Event()
+        # Verifying a small blob is a few microseconds of Python and C calls
+        # that each give up the GIL and take it back; two threads doing that
+        # at once mostly wait on each other (the one that let go rarely gets
+        # the GIL back before the switch interval, 5 ms, forces it). So one
+        # thread at a time verifies the small blobs of its range, while the
+        # others verify large ones, whose C calls run for milliseconds.
+        self.small_blobs = threading.Lock()
 
     def pack_done(self, problems: list[Problem], blobs: int, size: int, *, complete: bool) -> None:
         report = self.report
@@ -333,15 +278,13 @@ def _plan_ranges(blobs: list[PackedBlob], end: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _read_pack(
-    repo: Repository, pack_hex: str, size: int, fetch: ThreadPoolExecutor, stop: threading.Event,
-    progress: _ReadProgress,
-) -> None:
+def _read_pack(reading: _Reading, pack_hex: str, size: int) -> None:
+    repo, fetch, stop = reading.repo, reading.fetch, reading.stop
     key = layout.pack(pack_hex)
     name = f"pack {pack_hex}"
     backend = repo.backend
     pack_problems: list[Problem] = []
-    blob_problems: list[Problem] = []
+    blob_problems: list[tuple[int, Problem]] = []  # (offset, problem): reported in pack order
     verified = 0
     if stop.is_set():
         return
@@ -349,7 +292,7 @@ def _read_pack(
         tail_start = size - min(size, TAIL_READ)
         tail = backend.get(key, tail_start, size - tail_start)
     except BackendError as e:
-        progress.pack_done([Problem("corrupt-pack", key, str(e))], 0, size, complete=False)
+        reading.pack_done([Problem("corrupt-pack", key, str(e))], 0, size, complete=False)
         return
     try:
         blobs = _trailer_from_tail(repo, pack_hex, size, tail)
@@ -362,7 +305,7 @@ def _read_pack(
         try:
             repo.verify_blob_envelope(blob, envelope, pack_hex)
         except ResurgoError as e:
-            blob_problems.append(Problem("corrupt-blob", f"blob {blob.id.hex()} in {key}", str(e)))
+            blob_problems.append((blob.offset, Problem("corrupt-blob", f"blob {blob.id.hex()} in {key}", str(e))))
         else:
             verified += 1
 
@@ -377,24 +320,33 @@ def _read_pack(
         for n, (a, b) in enumerate(ranges):
             if stop.is_set():
                 return
-            if n + READ_AHEAD < len(ranges):
+            if READ_AHEAD and n + READ_AHEAD < len(ranges):
                 a2, b2 = ranges[n + READ_AHEAD]
                 pending.append(fetch.submit(backend.get, key, a2, b2 - a2))
             data = pending.popleft().result() if READ_AHEAD else backend.get(key, a, b - a)
             hasher.update(data)
             view = memoryview(data)
-            while i < len(blobs) and blobs[i].offset + blobs[i].length <= b:
-                blob = blobs[i]
-                verify(blob, view[blob.offset - a : blob.offset - a + blob.length])
-                i += 1
+            j = i
+            while j < len(blobs) and blobs[j].offset + blobs[j].length <= b:
+                j += 1
+            whole = blobs[i:j]  # the blobs this range holds whole
+            small = [x for x in whole if x.raw_length < SMALL_BLOB]
+            if small:
+                with reading.small_blobs:
+                    for blob in small:
+                        verify(blob, view[blob.offset - a : blob.offset - a + blob.length])
+            for blob in whole:
+                if blob.raw_length >= SMALL_BLOB:
+                    verify(blob, view[blob.offset - a : blob.offset - a + blob.length])
+            i = j
             if i < len(blobs) and blobs[i].offset < b:  # crosses into the tail
                 carry = bytes(view[blobs[i].offset - a :])
             del view, data
     except BackendError as e:
         for f in pending:
             f.cancel()
-        progress.pack_done([Problem("corrupt-pack", key, str(e)), *blob_problems], verified, size,
-                           complete=False)
+        reading.pack_done([Problem("corrupt-pack", key, str(e)), *(p for _, p in sorted(blob_problems))],
+                           verified, size, complete=False)
         return
     hasher.update(tail)
     tail_view = memoryview(tail)
@@ -414,7 +366,7 @@ def _read_pack(
             CorruptObject(name, f"content hash mismatch (got {got[:16]}…)"))))
     if trailer_error is not None:
         pack_problems.append(trailer_error)
-    progress.pack_done([*pack_problems, *blob_problems], verified, size, complete=True)
+    reading.pack_done([*pack_problems, *(p for _, p in sorted(blob_problems))], verified, size, complete=True)
 
 
 def check_index_objects(repo: Repository, report: CheckReport) -> None:
