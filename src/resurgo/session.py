@@ -11,6 +11,10 @@ absorbed exactly as real ones would be (ARCHITECTURE.md, point 12). The
 session takes values only: callers read the environment and the command line
 and pass what they found, so the engine never touches ``os.environ``.
 
+Opening derives the key before importing the repository facade (``keys.unlock``,
+then ``Repository.open_unlocked``), so Argon2id's memory is used and returned
+while the process is still small (docs/design.md, "Start-up").
+
 It also owns the *default locations*: the repository and cache directories
 used when nothing else is configured, following the XDG base directory spec.
 """
@@ -19,11 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from resurgo.backend import Backend, faults, registry, wrappers
-from resurgo.repo import Repository
-from resurgo.repo.config import RepoParams
-from resurgo.repo.keys import KDFParams
+from resurgo.backend import Backend, registry, wrappers
+
+if TYPE_CHECKING:
+    from resurgo.repo import Repository
+    from resurgo.repo.config import RepoParams
+    from resurgo.repo.keys import KDFParams
 
 __all__ = [
     "default_cache_dir",
@@ -69,6 +76,8 @@ def open_backend(
     backend: Backend = registry.open_backend(url, dict(options or {}))
     try:
         if fault_spec:
+            from resurgo.backend import faults
+
             backend = faults.wrap_with_faults(backend, fault_spec)
         if retry:
             backend = wrappers.RetryBackend(backend)
@@ -109,8 +118,22 @@ def open_repo(
     )
     try:
         if create:
-            return Repository.init(backend, password, params=params, kdf=kdf, cache_dir=cache_dir)
-        return Repository.open(backend, password, cache_dir=cache_dir)
+            from resurgo.repo.keys import KDFParams, new_key
+
+            if not password:
+                from resurgo.errors import UsageError
+
+                raise UsageError("an empty password is not allowed")
+            key = new_key(password, kdf or KDFParams())
+            from resurgo.repo.repository import Repository
+
+            return Repository.init(backend, password, params=params, cache_dir=cache_dir, key=key)
+        from resurgo.repo.keys import unlock
+
+        unlocked = unlock(backend, password)
+        from resurgo.repo.repository import Repository
+
+        return Repository.open_unlocked(backend, unlocked, cache_dir=cache_dir)
     except BaseException:
         backend.close()
         raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -93,6 +94,21 @@ def test_streaming_a_file_cuts_exactly_like_the_whole_buffer(
     finally:
         os.close(fd)
     assert streamed == [bytes(x) for x in c.cut(data)]
+
+
+def test_streamed_chunks_are_read_only_and_stay_valid_while_later_ones_are_read(tmp_path: Path) -> None:
+    data = data_from(4, 300_000, compressible=False)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    c = chunker(4)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        kept = list(c.fd_chunks(fd, read_size=10_000))  # many buffers
+    finally:
+        os.close(fd)
+    assert all(x.readonly for x in kept)
+    assert b"".join(kept) == data
+    assert [bytes(x) for x in kept] == [bytes(x) for x in c.cut(data)]
 
 
 @QUICK

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ class Entry:
 
 
 class SpecReader:
-    """A from-the-document reader of format version 1."""
+    """A from-the-document reader of format version 1 (and envelope version 2)."""
 
     def __init__(self, backend: Backend, password: str) -> None:
         self.b = backend
@@ -81,14 +82,24 @@ class SpecReader:
         if len(env) < 32:
             raise SpecError("short")
         version, cipher, comp, got_kind = env[0], env[1], env[2], env[3]
-        if version != 1 or cipher != 1 or got_kind != kind:
+        if version not in (1, 2) or cipher != 1 or got_kind != kind:
             raise SpecError(f"header {env[:4].hex()}")
         body = AESGCM(self.encrypt).decrypt(env[4:16], env[16:], env[:4] + context)
         if comp == 0:
             return body
         if comp == 1:
             return zstandard.ZstdDecompressor().decompress(body, max_output_size=1 << 30)
+        if comp == 2 and version == 2 and kind != 7:
+            d = zstandard.ZstdCompressionDict(self.dictionary(body[:8].hex()))
+            return zstandard.ZstdDecompressor(dict_data=d).decompress(body[8:], max_output_size=1 << 30)
         raise SpecError("compression")
+
+    # section 13
+    def dictionary(self, tag_hex: str) -> bytes:
+        (key,) = [o.key for o in self.b.list("dicts/") if o.key.split("/")[-1].startswith(tag_hex)]
+        plain = self.open(self.get_named(key), 7)
+        assert plain[:4] == bytes.fromhex("37a430ec")  # zstd dictionary magic, little-endian
+        return plain
 
     def seal(self, kind: int, plain: bytes, context: bytes = b"") -> bytes:
         header = bytes([1, 1, 0, kind])
@@ -180,6 +191,27 @@ def test_spec_reader_opens_keys_config_index_and_every_blob() -> None:
 
     doc = json.loads(r.open(r.get_named(f"snapshots/{snap}"), 4))
     assert doc["tree"] == tree_id.hex()
+
+
+def test_spec_reader_reads_blobs_compressed_with_a_dictionary() -> None:
+    backend = MemoryBackend()
+    repo = new_repo(backend)
+    repo.dictionaries.sample_bytes = 32 << 10
+    lines = [f"value_{i} = compute({i}, {i * 7 % 13})\n".encode() for i in range(300)]
+    r0 = random.Random(5)
+    data = [b"".join(r0.choice(lines) for _ in range(r0.randrange(20, 60))) for _ in range(300)]
+    ids = save_all(repo, data)
+    repo.flush()
+    r = SpecReader(backend, PASSWORD)
+    (dict_key,) = [o.key for o in backend.list("dicts/")]
+    by_key = {(e.type, e.id): e for e in r.index()}
+    versions = set()
+    for bid, d in zip(ids, data, strict=True):
+        e = by_key[(0, bid)]
+        assert r.load_blob(e) == d
+        versions.add(backend.get(f"data/{e.pack[:2]}/{e.pack}", e.offset, 1)[0])
+    assert versions == {2}
+    assert r.dictionary(dict_key.split("/")[-1][:16])
 
 
 def test_compressed_blob_is_a_zstd_frame_with_its_size() -> None:

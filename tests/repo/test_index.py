@@ -196,3 +196,18 @@ def test_damaged_cache_bytes_fail_to_load() -> None:
         MemoryIndex.load(raw[:-1])
     with pytest.raises(ValueError):
         MemoryIndex.load(raw + b"\0")
+
+
+def test_cache_bytes_load_as_views_when_aligned_and_as_copies_otherwise() -> None:
+    idx = MemoryIndex()
+    for i in range(100):
+        idx.add(i % 2, bytes([i]) * 32, bytes([i % 7]) * 32, i * 10, i + 1, i + 2)
+    for prefix, views in ((b"pad8pad8", True), (b"odd", False)):
+        raw = idx.dump(prefix=(prefix,))
+        loaded = MemoryIndex.load(raw, len(prefix))
+        # views into ``raw`` are read-only; copies are the loader's own
+        assert all(not a.flags.writeable for a in (loaded._ids, loaded._type))
+        assert loaded._pack.flags.writeable is not views
+        assert [loaded.lookup(i % 2, bytes([i]) * 32) for i in range(100)] == [
+            idx.lookup(i % 2, bytes([i]) * 32) for i in range(100)
+        ]

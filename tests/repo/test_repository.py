@@ -461,7 +461,7 @@ def test_config_of_an_unsupported_envelope_version_is_refused() -> None:
     backend = MemoryBackend()
     new_repo(backend)
     env = bytearray(backend.get("config"))
-    env[0] = 2
+    env[0] = 3  # versions 1 and 2 are known (2: dictionary compression)
     backend.put("config", bytes(env))
     with pytest.raises(UnsupportedVersion) as e:
         Repository.open(backend, PASSWORD)
@@ -476,12 +476,12 @@ def test_snapshot_of_an_unsupported_envelope_version_is_refused() -> None:
 
     backend = MemoryBackend()
     repo = new_repo(backend)
-    header = bytes([2, 1, 0, Kind.SNAPSHOT])
+    header = bytes([3, 1, 0, Kind.SNAPSHOT])
     nonce = os.urandom(12)
     env = header + nonce + AESGCM(repo._master.encrypt).encrypt(nonce, b"{}", header)
     name = blake3.blake3(env).hexdigest()
     backend.put(f"snapshots/{name}", env)
-    with pytest.raises(UnsupportedVersion, match="format version 2"):
+    with pytest.raises(UnsupportedVersion, match="format version 3"):
         repo.load_object("snapshots", name)
 
 

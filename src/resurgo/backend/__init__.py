@@ -29,11 +29,18 @@ The contract (checked for every implementation by ``resurgo.testing.contract``):
   bounded SDK-level attempt; ``wrappers.RetryBackend`` is the one retry layer.
 * Every method may be called concurrently from several threads.
 * ``close`` releases connections; calling it twice is harmless.
+
+Optional capability, *staging* (``stager``): a backend that stores objects as
+local files may offer ``stage()``, which returns a ``StagedObject``: a
+temporary object written piece by piece, at any offsets and from several
+threads, then committed under a key with the same guarantees as ``put`` (atomic,
+durable when ``commit`` returns), or discarded. The repository writes packs
+this way when it can, so a pack never has to be held in memory whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -67,6 +74,29 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+class StagedObject(Protocol):
+    """A temporary object being written; see "staging" in the module docstring.
+
+    ``write_at`` may be called from several threads at once for disjoint
+    ranges; ``read_at`` reads back what was written. ``commit`` and ``discard``
+    end it (exactly one of them, once). Errors are backend errors, as for ``put``.
+    """
+
+    def write_at(self, offset: int, parts: list[bytes | memoryview]) -> None: ...
+
+    def read_at(self, offset: int, length: int) -> bytes: ...
+
+    def commit(self, key: str) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+def stager(backend: Backend) -> Callable[[], StagedObject] | None:
+    """The backend's ``stage`` method if it offers staging, else None."""
+    stage = getattr(backend, "stage", None)
+    return stage if callable(stage) else None
+
+
 class layout:  # a namespace of key-naming rules, not a class to instantiate
     """One key layout for every backend (ARCHITECTURE.md, point 5).
 
@@ -78,6 +108,7 @@ class layout:  # a namespace of key-naming rules, not a class to instantiate
     locks/<id>             lock objects (used by maintenance operations)
     sessions/<id>          writer sessions: one per process writing (heartbeats)
     prune/<id>             prune marks: packs set aside for deletion
+    dicts/<id>             compression dictionaries (never deleted)
     """
 
     CONFIG = "config"
@@ -88,6 +119,7 @@ class layout:  # a namespace of key-naming rules, not a class to instantiate
     LOCKS = "locks/"
     SESSIONS = "sessions/"
     PRUNE = "prune/"
+    DICTS = "dicts/"
 
     @staticmethod
     def pack(pack_id_hex: str) -> str:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from resurgo.backend import Backend, ObjectInfo
+from resurgo.backend import Backend, ObjectInfo, StagedObject, stager
 from resurgo.errors import BackendError, ObjectExists, ObjectNotFound, ReadOnlyError, UsageError
 
 T = TypeVar("T")
@@ -73,6 +73,11 @@ class RetryBackend:
     @property
     def inner(self) -> Backend:
         return self._inner
+
+    @property
+    def stage(self) -> Callable[[], StagedObject] | None:
+        """The inner backend's staging, if any: local files, nothing to retry."""
+        return stager(self._inner)
 
     def _call(self, verb: str, key: str, fn: Callable[[], T]) -> T:
         start = self._clock()

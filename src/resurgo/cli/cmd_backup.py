@@ -53,9 +53,6 @@ def register(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from resurgo.ops.backup import BackupOptions, backup_paths, backup_stream
-    from resurgo.ops.excludes import Excluder
-
     if args.stdin and args.stdin_from_command:
         raise UsageError("use either --stdin or --stdin-from-command, not both")
     stream = args.stdin or args.stdin_from_command
@@ -66,24 +63,35 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if not stream and not args.paths:
         raise UsageError("nothing to back up: give at least one PATH (or --stdin)")
 
-    excluder = Excluder(
-        exclude=args.exclude,
-        iexclude=args.iexclude,
-        exclude_files=args.exclude_file,
-        exclude_if_present=args.exclude_if_present,
-        exclude_caches=args.exclude_caches,
-        one_file_system=args.one_file_system,
-    )
+    excluder = None
+    if args.exclude or args.iexclude or args.exclude_file or args.exclude_if_present or (
+        args.exclude_caches
+    ):
+        # Before the repository opens: a bad pattern or exclude file is a usage
+        # error that must not wait for the password.
+        from resurgo.ops.excludes import Excluder
+
+        excluder = Excluder(
+            exclude=args.exclude,
+            iexclude=args.iexclude,
+            exclude_files=args.exclude_file,
+            exclude_if_present=args.exclude_if_present,
+            exclude_caches=args.exclude_caches,
+            one_file_system=args.one_file_system,
+        )
+    # The key is derived before the backup pipeline is imported (docs/design.md, "Start-up").
+    repo = ctx.open_repo(write=True)
+    from resurgo.ops.backup import BackupOptions, backup_paths, backup_stream
+
     opts = BackupOptions(
         tags=args.tag,
         hostname=args.host,
-        excluder=excluder if excluder.active else None,
+        excluder=excluder if excluder is not None and excluder.active else None,
         one_file_system=args.one_file_system,
         parent=args.parent,
         force=args.force,
-        excludes_text=excluder.describe(),
+        excludes_text=excluder.describe() if excluder is not None else [],
     )
-    repo = ctx.open_repo(write=True)
     with ctx.out.reporter("backup") as rep:
         if args.stdin_from_command:
             s = backup_stream(repo, args.stdin_filename, command=args.paths, opts=opts, reporter=rep)

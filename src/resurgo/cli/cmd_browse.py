@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import stat as stat_mod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resurgo.cli.context import Context
 from resurgo.cli.parsing import Subparsers, add_command
 from resurgo.cli.render import Column, format_bytes
 from resurgo.cli.selectors import add_filter_options, resolve, selected
 from resurgo.errors import EXIT_OK
-from resurgo.snapshot.model import Node, NodeType
 
+if TYPE_CHECKING:
+    from resurgo.snapshot.model import Node
+
+# Keyed by ``NodeType`` values (a StrEnum: its members hash as these strings).
 _TYPE_CHAR = {
-    NodeType.FILE: "-", NodeType.DIR: "d", NodeType.SYMLINK: "l", NodeType.BLOCKDEV: "b",
-    NodeType.CHARDEV: "c", NodeType.FIFO: "p", NodeType.SOCKET: "s",
+    "file": "-", "dir": "d", "symlink": "l", "blockdev": "b", "chardev": "c", "fifo": "p",
+    "socket": "s",
 }
 
 
@@ -71,7 +74,7 @@ def _node_record(path: bytes, n: Node) -> dict[str, Any]:
 def _long(r: dict[str, Any]) -> str:
     from datetime import datetime
 
-    mode = _TYPE_CHAR[NodeType(r["type"])] + stat_mod.filemode(r["mode"])[1:]
+    mode = _TYPE_CHAR[r["type"]] + stat_mod.filemode(r["mode"])[1:]
     t = datetime.fromtimestamp(r["mtime_ns"] / 1e9).strftime("%Y-%m-%d %H:%M:%S")
     owner = f"{r['user'] or r['uid']}/{r['group'] or r['gid']}"
     tail = f" -> {r['linktarget']}" if r["linktarget"] is not None else ""
@@ -79,9 +82,9 @@ def _long(r: dict[str, Any]) -> str:
 
 
 def run_ls(args: argparse.Namespace, ctx: Context) -> int:
+    repo = ctx.open_repo(write=False)
     from resurgo.ops.browse import ls
 
-    repo = ctx.open_repo(write=False)
     snap = resolve(repo, args.snapshot, args)
     n = 0
     for path, node in ls(repo, snap, args.path.encode("utf-8", "surrogateescape"),
@@ -97,9 +100,9 @@ def run_ls(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_diff(args: argparse.Namespace, ctx: Context) -> int:
+    repo = ctx.open_repo(write=False)
     from resurgo.ops.browse import diff
 
-    repo = ctx.open_repo(write=False)
     a = resolve(repo, args.snap1, args)
     b = resolve(repo, args.snap2, args)
     counts: dict[str, int] = {}
@@ -120,9 +123,9 @@ def run_diff(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_find(args: argparse.Namespace, ctx: Context) -> int:
+    repo = ctx.open_repo(write=False)
     from resurgo.ops.browse import find
 
-    repo = ctx.open_repo(write=False)
     snaps = selected(repo, args)
     n = 0
     for m in find(repo, snaps, args.pattern, ignore_case=args.ignore_case):
@@ -137,9 +140,9 @@ def run_find(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_stats(args: argparse.Namespace, ctx: Context) -> int:
+    repo = ctx.open_repo(write=False)
     from resurgo.ops.browse import stats
 
-    repo = ctx.open_repo(write=False)
     snaps = [resolve(repo, r, args) for r in args.snapshots] if args.snapshots else selected(repo, args)
     st = stats(repo, snaps)
     out = ctx.out

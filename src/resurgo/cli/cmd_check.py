@@ -54,9 +54,9 @@ def _record(ctx: Context, repo_id: str, result: dict[str, object]) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    repo = ctx.open_repo(write=False)
     from resurgo.ops.check import check_repository
 
-    repo = ctx.open_repo(write=False)
     started = time.time()
     with ctx.out.reporter("check") as rep:
         report = check_repository(repo, read_all_data=args.read_data,

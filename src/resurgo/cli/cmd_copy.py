@@ -42,13 +42,14 @@ def register(subparsers: Subparsers) -> None:
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
     from resurgo.backend.registry import redact_url
-    from resurgo.ops.copy import copy_snapshots
 
     out = ctx.out
     url = source_url(args, ctx)
     src = open_source(args, ctx, url)
     try:
         dst = ctx.open_repo(write=True)
+        from resurgo.ops.copy import copy_snapshots
+
         if args.snapshots:
             chosen = {s.id: s for s in (resolve(src, ref, args) for ref in args.snapshots)}
             snaps = list(chosen.values())

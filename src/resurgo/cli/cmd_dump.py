@@ -29,11 +29,11 @@ def register(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from resurgo.ops.dump import dump_file
-
     if ctx.out.json and not args.output:
         raise UsageError("dump --json needs --output FILE: standard output carries the JSON lines")
     repo = ctx.open_repo(write=False)
+    from resurgo.ops.dump import dump_file
+
     snap = resolve(repo, args.snapshot, args)
     path = args.path.encode("utf-8", "surrogateescape")
     if args.output:

@@ -96,9 +96,7 @@ def _policy(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from resurgo.ops.forget import forget, plan_ids, plan_policy
     from resurgo.ops.retention import parse_group_by
-    from resurgo.snapshot.store import find_snapshot
 
     policy = _policy(args)
     if args.snapshot_ids and not policy.empty:
@@ -109,6 +107,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     group_by = parse_group_by(args.group_by)
     tz = _timezone(args.timezone)
     repo = ctx.open_repo(write=not args.dry_run)
+    from resurgo.ops.forget import forget, plan_ids, plan_policy
+    from resurgo.snapshot.store import find_snapshot
+
     snaps = selected(repo, args)
     if args.snapshot_ids:
         ids = [find_snapshot(repo, ref).id or "" for ref in args.snapshot_ids]

@@ -115,9 +115,9 @@ def render_report(out: Renderer, r: Any) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
+    repo = ctx.open_repo(write=not args.dry_run)
     from resurgo.ops.prune import prune
 
-    repo = ctx.open_repo(write=not args.dry_run)
     with ctx.out.reporter("prune") as rep:
         report = prune(repo, prune_options(args, dry_run=args.dry_run), reporter=rep)
     render_report(ctx.out, report)

@@ -47,9 +47,9 @@ def register(subparsers: Subparsers) -> None:
 
 
 def run_index(args: argparse.Namespace, ctx: Context) -> int:
+    repo = ctx.open_repo(write=not args.dry_run)
     from resurgo.ops.repair import repair_index
 
-    repo = ctx.open_repo(write=not args.dry_run)
     with ctx.out.reporter("repair index") as rep:
         r = repair_index(repo, read_data=args.read_data, dry_run=args.dry_run, reporter=rep)
     out = ctx.out
@@ -75,9 +75,9 @@ def run_index(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def run_snapshots(args: argparse.Namespace, ctx: Context) -> int:
+    repo = ctx.open_repo(write=not args.dry_run)
     from resurgo.ops.repair import repair_snapshots
 
-    repo = ctx.open_repo(write=not args.dry_run)
     with ctx.out.reporter("repair snapshots") as rep:
         r = repair_snapshots(repo, forget=args.forget, dry_run=args.dry_run, reporter=rep)
     out = ctx.out

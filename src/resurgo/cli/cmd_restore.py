@@ -60,12 +60,12 @@ def register(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    from resurgo.ops.restore import RestoreIntegrityError, RestoreSummary, restore_snapshot
-
     if args.threads < 1:
         raise UsageError("--threads must be at least 1")
     ref, path = split_ref(args.snapshot)
     repo = ctx.open_repo(write=False)
+    from resurgo.ops.restore import RestoreIntegrityError, RestoreSummary, restore_snapshot
+
     snap = resolve(repo, ref, args)
     out = ctx.out
 

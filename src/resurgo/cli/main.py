@@ -2,8 +2,15 @@
 
 Every command group lives in its own module ``resurgo.cli.cmd_<group>`` that
 exposes ``register(subparsers)``; registering a new group is one line in
-``COMMAND_MODULES`` below. A registered parser sets ``func`` to a
-``run(args, ctx) -> int`` function (see ``resurgo.cli.context.Context``).
+``COMMANDS`` below (the module and the command names it registers). A
+registered parser sets ``func`` to a ``run(args, ctx) -> int`` function (see
+``resurgo.cli.context.Context``).
+
+Start-up: a run imports and registers only the module of the command it was
+given (``_command_in``); ``--help`` without a command, and anything the scan
+cannot tell, gets the full parser. Every command would otherwise pay for
+importing and building all the others (~35 ms of CPU; docs/design.md,
+"Start-up").
 
 Errors: a ``ResurgoError`` becomes one line ``resurgo: error: <message>`` on
 stderr and its ``exit_code``; Ctrl-C (or SIGTERM) exits 130; anything else is a
@@ -14,62 +21,91 @@ final summary object on stdout carries the same exit code and message.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType, ModuleType
 
 from resurgo import __version__
-from resurgo.cli import (
-    cmd_backend,
-    cmd_backup,
-    cmd_browse,
-    cmd_check,
-    cmd_copy,
-    cmd_daemon,
-    cmd_dump,
-    cmd_forget,
-    cmd_init,
-    cmd_key,
-    cmd_plan,
-    cmd_prune,
-    cmd_repair,
-    cmd_restore,
-    cmd_run,
-    cmd_snapshots,
-    cmd_status,
-)
 from resurgo.cli.context import Context
 from resurgo.cli.memory import limit_malloc_arenas
-from resurgo.cli.parsing import add_global_options, exit_codes_epilog
+from resurgo.cli.parsing import GLOBAL_OPTIONS_WITH_VALUE, add_global_options, exit_codes_epilog
 from resurgo.cli.render import Renderer
 from resurgo.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, ResurgoError
 
-# The command groups, in the order `resurgo --help` lists them. One line each.
-COMMAND_MODULES: tuple[ModuleType, ...] = (
-    cmd_init,
-    cmd_backup,
-    cmd_snapshots,
-    cmd_browse,
-    cmd_restore,
-    cmd_dump,
-    cmd_check,
-    cmd_forget,
-    cmd_prune,
-    cmd_repair,
-    cmd_key,
-    cmd_copy,
-    cmd_backend,
-    cmd_plan,
-    cmd_run,
-    cmd_daemon,
-    cmd_status,
+# The command groups, in the order `resurgo --help` lists them. One line each:
+# the module in resurgo.cli and the top-level commands its register() adds.
+COMMANDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("cmd_init", ("init",)),
+    ("cmd_backup", ("backup",)),
+    ("cmd_snapshots", ("snapshots",)),
+    ("cmd_browse", ("ls", "diff", "find", "stats")),
+    ("cmd_restore", ("restore",)),
+    ("cmd_dump", ("dump",)),
+    ("cmd_check", ("check",)),
+    ("cmd_forget", ("forget",)),
+    ("cmd_prune", ("prune",)),
+    ("cmd_repair", ("repair",)),
+    ("cmd_key", ("key",)),
+    ("cmd_copy", ("copy",)),
+    ("cmd_backend", ("backend",)),
+    ("cmd_plan", ("plan",)),
+    ("cmd_run", ("run",)),
+    ("cmd_daemon", ("daemon",)),
+    ("cmd_status", ("status",)),
 )
+_MODULE_OF = {name: module for module, names in COMMANDS for name in names}
+
+
+def command_module(module: str) -> ModuleType:
+    return importlib.import_module(f"resurgo.cli.{module}")
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The command name in ``argv`` (skipping global options and their values), or None.
+
+    None whenever the scan is not sure (an option it does not know, ``--``, a
+    word that is no command): the caller then builds the full parser, which
+    parses (or rejects) the line exactly as it always did.
+    """
+    longs = [o for o in GLOBAL_OPTIONS_WITH_VALUE if o.startswith("--")]
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return None
+        if token.startswith("--"):
+            name, eq, _ = token.partition("=")
+            # argparse accepts unambiguous prefixes of long options.
+            matches = [o for o in longs if o.startswith(name)]
+            if name in longs or len(matches) == 1:
+                i += 1 if eq else 2
+                continue
+            if any(o.startswith(name) for o in ("--help", "--version", "--json", "--quiet",
+                                                  "--verbose", "--no-cache")):
+                i += 1
+                continue
+            return None
+        if token.startswith("-") and len(token) > 1:
+            # A cluster of short options: flags, possibly ending in one that
+            # takes a value (-qr URL) or holds it (-rURL).
+            for pos, letter in enumerate(token[1:], start=1):
+                if f"-{letter}" in GLOBAL_OPTIONS_WITH_VALUE:
+                    i += 1 if pos < len(token) - 1 else 2
+                    break
+                if letter not in "hqv":
+                    return None
+            else:
+                i += 1
+            continue
+        return token if token in _MODULE_OF else None
+    return None
 
 _log = logging.getLogger("resurgo")
 
@@ -84,7 +120,8 @@ environment:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``resurgo`` parser: every command, or with ``command`` only its group's."""
     parser = argparse.ArgumentParser(
         prog="resurgo",
         description="Deduplicating, encrypted backups and disaster recovery.",
@@ -94,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resurgo {__version__}")
     add_global_options(parser, suppress=False)
     subparsers = parser.add_subparsers(dest="command_name", metavar="COMMAND")
-    for module in COMMAND_MODULES:
-        module.register(subparsers)
+    for module, _ in COMMANDS:
+        if command is None or _MODULE_OF[command] == module:
+            command_module(module).register(subparsers)
     return parser
 
 
@@ -141,7 +179,9 @@ def _logging(verbose: int) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``resurgo`` command; returns the process exit code."""
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(_command_in(argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or argparse's own usage error

@@ -1,4 +1,6 @@
-"""Process-wide allocator settings made once at CLI start (the engine never touches them).
+"""Process-wide settings of native libraries, made by the CLI (the engine never touches them).
+
+Malloc arenas (``limit_malloc_arenas``, once at start):
 
 glibc gives each thread that calls malloc its own *arena* (up to 8 per core).
 resurgo's worker threads allocate and free buffers of 1-24 MiB (read blocks,
@@ -10,13 +12,20 @@ with the default, at the same CPU time: the threads spend their time in
 compression, hashing and encryption, not in malloc, so one arena's lock is not
 contended. (Lowering M_MMAP_THRESHOLD saves more memory but costs ~30 % more
 CPU in page faults, so it is left alone.)
+
+BLAS threads (``one_blas_thread``, around opening the repository): NumPy loads
+OpenBLAS, which starts a pool of one worker per core that busy-waits for work
+before it sleeps. resurgo never calls BLAS (the index only sorts and searches),
+so on 2 cores that pool cost ~60 ms of CPU per command, half of NumPy's import.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 M_ARENA_MAX = -8
 
@@ -30,10 +39,35 @@ def limit_malloc_arenas(arenas: int = 1) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The process's own symbol table (dlopen(NULL)) already holds the C
+        # library; ctypes.util.find_library would run `ldconfig -p` in a
+        # subprocess, ~10 ms of every command's start-up.
+        libc = ctypes.CDLL(None, use_errno=True)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False  # musl and other libcs have no mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_ARENA_MAX, arenas))
+
+
+BLAS_THREADS_VARIABLE = "OPENBLAS_NUM_THREADS"
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Load OpenBLAS (with NumPy) inside this block with no worker threads.
+
+    OpenBLAS reads its thread count from the environment once, when it is
+    loaded; the variable is removed again afterwards so that child processes
+    (password commands, ``--stdin-from-command``, plan hooks) see the
+    environment they were given. A value the user set is left alone.
+    """
+    if BLAS_THREADS_VARIABLE in os.environ:
+        yield
+        return
+    os.environ[BLAS_THREADS_VARIABLE] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(BLAS_THREADS_VARIABLE, None)

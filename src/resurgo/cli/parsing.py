@@ -39,6 +39,12 @@ def wrap_paragraphs(text: str, width: int = 79) -> str:
     return "\n\n".join(out)
 
 
+# Global options that take a value (main.py skips them when it looks for the command name).
+GLOBAL_OPTIONS_WITH_VALUE = (
+    "-r", "--repo", "--password-file", "--password-command", "--cache-dir", "-o", "--option",
+)
+
+
 def add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     """The options every command accepts. ``suppress``: leave unset values alone.
 

@@ -16,8 +16,6 @@ put into error messages.
 from __future__ import annotations
 
 import getpass
-import shlex
-import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -55,6 +53,10 @@ def read_password_file(path: str) -> str:
 
 
 def run_password_command(command: str, env: Mapping[str, str] | None = None) -> str:
+    # Imported here: most runs read a file or a variable (docs/design.md, "Start-up").
+    import shlex
+    import subprocess
+
     try:
         argv = shlex.split(command)
     except ValueError as e:

@@ -8,10 +8,11 @@ command reads snapshot references the same way.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from resurgo.repo import Repository
-from resurgo.snapshot.model import Snapshot
-from resurgo.snapshot.store import filter_snapshots, find_snapshot, list_snapshots
+if TYPE_CHECKING:
+    from resurgo.repo import Repository
+    from resurgo.snapshot.model import Snapshot
 
 
 def add_filter_options(p: argparse.ArgumentParser) -> None:
@@ -26,12 +27,16 @@ def add_filter_options(p: argparse.ArgumentParser) -> None:
 
 def resolve(repo: Repository, ref: str, args: argparse.Namespace) -> Snapshot:
     """The snapshot named by ``ref`` (ID prefix or ``latest``) under the filters."""
+    from resurgo.snapshot.store import find_snapshot
+
     return find_snapshot(
         repo, ref, hosts=args.host, paths=args.filter_paths, tags=args.filter_tags
     )
 
 
 def selected(repo: Repository, args: argparse.Namespace) -> list[Snapshot]:
+    from resurgo.snapshot.store import filter_snapshots, list_snapshots
+
     return filter_snapshots(
         list_snapshots(repo), args.host, args.filter_paths, args.filter_tags
     )

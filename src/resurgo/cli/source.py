@@ -80,12 +80,15 @@ def source_password(args: argparse.Namespace, ctx: Context) -> str:
 
 def open_source(args: argparse.Namespace, ctx: Context, url: str) -> Repository:
     """The source repository, read-only, with its own cache directory under the shared root."""
+    from resurgo.cli.memory import one_blas_thread
     from resurgo.session import open_repo
 
-    return open_repo(
-        url,
-        source_password(args, ctx),
-        cache_dir=ctx.cache_dir,
-        options=dict(args.from_options or []),
-        read_only=True,
-    )
+    password = source_password(args, ctx)
+    with one_blas_thread():
+        return open_repo(
+            url,
+            password,
+            cache_dir=ctx.cache_dir,
+            options=dict(args.from_options or []),
+            read_only=True,
+        )

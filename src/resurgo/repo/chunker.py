@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+import numpy as np
 from pyfastcdc import FastCDC
 
 from resurgo.repo.config import RepoConfig
@@ -41,35 +42,41 @@ class Chunker:
     def fd_chunks(self, fd: int, *, read_size: int = READ_SIZE) -> Iterator[memoryview]:
         """Chunks of everything readable from ``fd`` from its current offset.
 
-        Yields read-only views into immutable ``bytes`` read buffers: zero-copy,
-        and safe to hand to other threads (a view keeps its buffer alive).
+        Yields read-only views into read buffers that are never written again
+        once a view of them is out: zero-copy, and safe to hand to other
+        threads (a view keeps its buffer alive). Each buffer is a fresh NumPy
+        array (not zeroed first) that starts with the previous buffer's
+        undecided tail, copied with the GIL released, and is then filled by
+        ``readv`` straight from the kernel: each byte is copied once, where
+        ``carry + os.read(...)`` copied it twice, the second time under the GIL.
         A cut is trusted only when at least ``max_size`` bytes follow its start
         or the data has ended, because FastCDC decides a boundary from at most
         ``max_size`` bytes: so results equal ``cut()`` over the whole stream.
         """
-        carry = b""
+        fresh = max(read_size, 2 * self.max_size)
+        carry: memoryview | None = None
         eof = False
         while not eof:
-            block = os.read(fd, read_size)
-            if not block:
-                eof = True
-                buf = carry
-            else:
-                buf = carry + block if carry else block
-                # Drop the read block now: it would stay alive (a second copy of
-                # up to ``read_size`` bytes) while the chunks below are used.
-                del block
-                # os.read may return short reads on pipes: keep reading until we
-                # hold enough to cut with confidence, or the stream ends.
-                if len(buf) < self.max_size * 2:
-                    carry = buf
-                    continue
-            if not buf:
-                break
-            mv = memoryview(buf)
-            carry = b""
-            for c in self._cdc.cut_buf(mv):
-                if not eof and c.offset + self.max_size > len(buf):
-                    carry = bytes(mv[c.offset :])
+            keep = len(carry) if carry is not None else 0
+            buf = np.empty(keep + fresh, dtype=np.uint8)
+            if carry is not None:
+                buf[:keep] = np.frombuffer(carry, dtype=np.uint8)
+                carry = None
+            view = buf.data  # a writable memoryview of the array
+            filled = keep
+            # Fill it (pipes return short reads): a cut needs max_size bytes after it.
+            while filled < len(buf):
+                n = os.readv(fd, [view[filled:]])
+                if n == 0:
+                    eof = True
                     break
-                yield mv[c.offset : c.offset + c.length]
+                filled += n
+            if not filled:
+                break
+            data = view[:filled].toreadonly()
+            del view
+            for c in self._cdc.cut_buf(data):
+                if not eof and c.offset + self.max_size > filled:
+                    carry = data[c.offset :]
+                    break
+                yield data[c.offset : c.offset + c.length]

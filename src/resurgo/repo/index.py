@@ -318,30 +318,47 @@ class MemoryIndex:
 
     # -- cache serialisation -----------------------------------------------------
 
-    def dump(self) -> bytes:
+    def dump(self, prefix: Iterable[bytes] = ()) -> bytes:
+        """The arrays as one byte string (the index cache), after ``prefix``.
+
+        ``prefix`` goes into the same join, so a caller adding a header does
+        not copy the whole index a second time.
+        """
         with self._lock:
             self._merge_recent()
             n = len(self._ids)
             head = struct.pack("<QQ", n, len(self._packs))
             return b"".join(
-                [head, *self._packs, self._ids.tobytes(), self._pack.tobytes(), self._off.tobytes(),
-                 self._len.tobytes(), self._raw.tobytes(), self._type.tobytes()]
+                [*prefix, head, *self._packs, self._ids.tobytes(), self._pack.tobytes(),
+                 self._off.tobytes(), self._len.tobytes(), self._raw.tobytes(),
+                 self._type.tobytes()]
             )
 
     @classmethod
-    def load(cls, data: bytes) -> MemoryIndex:
-        n, np_ = struct.unpack_from("<QQ", data, 0)
-        pos = 16
+    def load(cls, data: bytes | memoryview, offset: int = 0) -> MemoryIndex:
+        """An index from ``dump()``'s bytes at ``offset`` of ``data``.
+
+        The arrays are read-only views into ``data``, not copies: the index
+        cache costs its size once, not twice (the arrays are replaced, never
+        written, when entries are added). A column that is not aligned in
+        ``data`` is copied (lookups read the columns through memoryviews, which
+        need aligned items); ``dump`` callers pad their prefix to 8 bytes.
+        """
+        buf = memoryview(data)
+        n, np_ = struct.unpack_from("<QQ", buf, offset)
+        pos = offset + 16
+        if pos + 32 * np_ + 49 * n != len(buf):
+            raise ValueError("index cache length mismatch")
         idx = cls()
-        idx._packs = [data[pos + 32 * i : pos + 32 * (i + 1)] for i in range(np_)]
+        idx._packs = [bytes(buf[pos + 32 * i : pos + 32 * (i + 1)]) for i in range(np_)]
         idx._pack_no = {p: i for i, p in enumerate(idx._packs)}
         pos += 32 * np_
 
         def take(dtype: str, size: int) -> np.ndarray:
             nonlocal pos
-            a = np.frombuffer(data, dtype=dtype, count=n, offset=pos).copy()
+            a = np.frombuffer(buf, dtype=dtype, count=n, offset=pos)
             pos += size * n
-            return a
+            return a if a.flags.aligned else a.copy()
 
         idx._ids = take("S32", 32)
         idx._pack = take("<u4", 4)
@@ -350,6 +367,4 @@ class MemoryIndex:
         idx._raw = take("<u4", 4)
         idx._type = take("u1", 1)
         idx._refresh_views()
-        if pos != len(data):
-            raise ValueError("index cache length mismatch")
         return idx

@@ -9,6 +9,12 @@ A *key file* (``keys/<id>``) is a small JSON document holding the Argon2id
 parameters and salt plus the master key sealed with the key derived from a
 password. Its ID is the BLAKE3 hash of its bytes. Any key file opens the whole
 repository; ``docs/format.md`` has the exact layout.
+
+*Unlocking* (``unlock``) finds the key file a password opens and returns the
+master key with the decrypted config. It needs only this module's light
+imports until the first key is derived, so callers can run Argon2id (and its
+64 MiB) before importing and allocating anything else (docs/design.md,
+"Start-up"); AES-GCM and the envelope codec are imported after it.
 """
 
 from __future__ import annotations
@@ -18,13 +24,22 @@ import json
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import blake3
 from argon2.low_level import Type, hash_secret_raw
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from resurgo.errors import CorruptObject, UnsupportedVersion
+from resurgo.backend import layout
+from resurgo.errors import (
+    CorruptObject,
+    ObjectNotFound,
+    RepositoryNotFound,
+    UnsupportedVersion,
+    WrongPassword,
+)
+
+if TYPE_CHECKING:
+    from resurgo.backend import Backend
 
 KEY_FILE_VERSION = 1
 _KEY_AAD = b"resurgo key file v1"
@@ -32,10 +47,17 @@ _KEY_AAD = b"resurgo key file v1"
 
 @dataclass(frozen=True)
 class KDFParams:
-    """Argon2id cost. The default follows RFC 9106's second recommended option."""
+    """Argon2id cost of new key files (each key file records its own; any cost opens).
 
-    time_cost: int = 3
-    memory_kib: int = 64 * 1024
+    The default, 48 MiB and 7 passes over 4 lanes, keeps the attacker's cost
+    per guess (memory x time) above both the former default (64 MiB, 3 passes:
+    RFC 9106's second recommended option) and restic's scrypt (32 MiB), while
+    the 48 MiB, on top of the ~20 MiB a command holds when it derives its key,
+    stays under restic's peak memory. docs/design.md, "Keys", has the figures.
+    """
+
+    time_cost: int = 7
+    memory_kib: int = 48 * 1024
     parallelism: int = 4
 
     @classmethod
@@ -92,6 +114,9 @@ def make_key_file(
     """Wrap ``master`` with ``password``; returns (key ID, key file bytes)."""
     salt = os.urandom(16)
     kek = _derive(password, salt, kdf)
+    # Imported after the derivation: see the module docstring.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     nonce = os.urandom(12)
     plain = json.dumps({"encrypt": _b64(master.encrypt), "id_mac": _b64(master.id_mac)}).encode()
     sealed = nonce + AESGCM(kek).encrypt(nonce, plain, _KEY_AAD)
@@ -111,6 +136,39 @@ def make_key_file(
     }
     raw = json.dumps(doc, sort_keys=True, indent=1).encode()
     return blake3.blake3(raw).hexdigest(), raw
+
+
+def key_owner() -> tuple[str, str]:
+    """(host name, user name) recorded in new key files (informational)."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.getuid())
+    return socket.gethostname(), user
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """The master key and first key file of a repository about to be created."""
+
+    master: MasterKey
+    key_id: str
+    raw: bytes  # the key file's bytes
+
+
+def new_key(password: str, kdf: KDFParams) -> NewKey:
+    """Draw a master key and wrap it with ``password`` (``Repository.init(key=...)``).
+
+    Made before the repository module is imported, for the same reason as
+    ``unlock`` (see the module docstring).
+    """
+    master = MasterKey.generate()
+    host, user = key_owner()
+    key_id, raw = make_key_file(master, password, kdf, hostname=host, username=user)
+    return NewKey(master, key_id, raw)
 
 
 def parse_key_file(key_id: str, raw: bytes) -> KeyFile:
@@ -142,6 +200,10 @@ def parse_key_file(key_id: str, raw: bytes) -> KeyFile:
 def unwrap(key: KeyFile, password: str) -> MasterKey | None:
     """The master key, or None if ``password`` does not open this key file."""
     kek = _derive(password, key.salt, key.kdf)
+    # Imported after the derivation: see the module docstring.
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     try:
         plain = AESGCM(kek).decrypt(key.sealed[:12], key.sealed[12:], _KEY_AAD)
     except InvalidTag:
@@ -150,3 +212,52 @@ def unwrap(key: KeyFile, password: str) -> MasterKey | None:
     return MasterKey(
         encrypt=base64.b64decode(doc["encrypt"]), id_mac=base64.b64decode(doc["id_mac"])
     )
+
+
+@dataclass(frozen=True)
+class Unlocked:
+    """What a password opened: the master key, the key file used, the config plaintext."""
+
+    master: MasterKey
+    key_id: str
+    config: bytes  # the decrypted ``config`` object (JSON, see repo/config.py)
+
+
+def unlock(backend: Backend, password: str) -> Unlocked:
+    """Find a key file that ``password`` opens and decrypt the config with it.
+
+    Raises ``RepositoryNotFound`` when there is no config, ``WrongPassword``
+    when no key file opens with the password, and ``CorruptObject`` when a
+    key opens but the config does not authenticate under it (a damaged
+    config, or a stray key of another repository) and no other key does.
+    Key files that are damaged (or removed while we read) are skipped: one
+    bad key must not lock everybody out.
+    """
+    try:
+        config_env = backend.get(layout.CONFIG)
+    except ObjectNotFound:
+        raise RepositoryNotFound(f"no repository at {backend.url} (run 'resurgo init' first)")
+    key_ids = sorted(layout.name_of(o.key) for o in backend.list(layout.KEYS))
+    damaged: list[str] = []
+    config_error: CorruptObject | None = None
+    for key_id in key_ids:
+        try:
+            kf = parse_key_file(key_id, backend.get(layout.KEYS + key_id))
+        except (CorruptObject, UnsupportedVersion, ObjectNotFound):
+            damaged.append(key_id)
+            continue
+        master = unwrap(kf, password)
+        if master is None:
+            continue
+        from resurgo.repo.crypto import Kind, Sealer
+
+        try:
+            raw = Sealer(master.encrypt).open(Kind.CONFIG, config_env, name="config")
+        except CorruptObject as e:
+            config_error = e
+            continue
+        return Unlocked(master, key_id, raw)
+    if config_error is not None:
+        raise config_error
+    extra = f" ({len(damaged)} damaged key files: {', '.join(damaged)})" if damaged else ""
+    raise WrongPassword(f"wrong password: no key in {backend.url} opens with it{extra}")

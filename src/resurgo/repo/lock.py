@@ -15,7 +15,7 @@ timeout old.
 
 from __future__ import annotations
 
-import secrets
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -69,8 +69,9 @@ class ExclusiveLock(Heartbeat):
         self, store: ControlStore, *, operation: str, settings: SessionSettings | None = None,
         skew: float = 0.0,
     ) -> None:
+        # os.urandom, as secrets.token_hex: secrets would load libcrypto (docs/design.md, "Start-up")
         super().__init__(store, settings or SessionSettings(), version=LOCK_VERSION,
-                         record_id=secrets.token_hex(16), operation=operation)
+                         record_id=os.urandom(16).hex(), operation=operation)
         self.skew = skew
         self._started = 0.0
         self._held = False

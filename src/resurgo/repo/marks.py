@@ -14,7 +14,7 @@ Only the process holding the exclusive lock (``repo.lock``) writes marks.
 
 from __future__ import annotations
 
-import secrets
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,8 @@ class PruneMark:
     pid: int = 0
     state: str = MARKED
     sweep_started: float | None = None
-    id: str = field(default_factory=lambda: secrets.token_hex(16))
+    # os.urandom, as secrets.token_hex: secrets would load libcrypto (docs/design.md, "Start-up")
+    id: str = field(default_factory=lambda: os.urandom(16).hex())
 
     @property
     def key(self) -> str:

@@ -15,11 +15,15 @@ previous ended.
 from __future__ import annotations
 
 import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import blake3
 import numpy as np
 
+from resurgo.backend import StagedObject
 from resurgo.errors import CorruptObject
 from resurgo.repo.crypto import Kind, Sealer
 
@@ -28,6 +32,10 @@ _COUNT = struct.Struct("<I")
 TRAILER_LEN_SIZE = 4
 # Packs are read by offset/length pairs stored in u32 fields.
 MAX_PACK_SIZE = (1 << 32) - 1
+# A staged pack is written whenever this much is waiting (PackWriter), and
+# hashed back in reads of HASH_BLOCK.
+SPILL_BYTES = 1 << 20
+HASH_BLOCK = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,43 +48,92 @@ class PackedBlob:
 
 
 class PackWriter:
-    """Accumulates blob envelopes in memory until the pack is finished. Not thread-safe.
+    """Collects blob envelopes until the pack is finished. ``add`` is not thread-safe.
 
     ``add`` runs under the repository's lock, so it only keeps a reference to
-    the envelope. ``finish`` (outside that lock) copies the envelopes into one
-    buffer of the pack's exact size, dropping each envelope once copied, so a
-    pack costs little more than its own size in memory. The buffer is a NumPy
-    array because NumPy copies with the GIL released and does not zero new
-    memory first; ``bytearray`` does both under the GIL, and the writer
-    threads then wait on each other (docs/benchmarks-engine.md, "Packs").
+    the envelope. Two ways to build the pack:
+
+    * In memory (backends without staging, e.g. object stores): ``finish``
+      (outside that lock) copies the envelopes into one buffer of the pack's
+      exact size, dropping each envelope once copied, so a pack costs little
+      more than its own size in memory. The buffer is a NumPy array because
+      NumPy copies with the GIL released and does not zero new memory first;
+      ``bytearray`` does both under the GIL, and the writer threads then wait
+      on each other (docs/benchmarks-engine.md, "Packs").
+    * Staged (backends that store local files, ``backend.stager``): once
+      ``SPILL_BYTES`` of envelopes are waiting, ``add`` hands them out as a
+      ``Spill`` that the caller writes with ``spill`` after releasing the lock
+      (one ``pwritev``, without the GIL), at the offsets ``add`` reserved. A pack
+      being filled then holds at most about ``SPILL_BYTES`` in memory instead
+      of up to the pack size, and a finished one nothing: ``finish`` hashes
+      the file back in ``HASH_BLOCK`` reads, ``commit`` moves it into place.
     """
 
-    def __init__(self) -> None:
-        self._parts: list[bytes | None] = []
+    def __init__(self, stage: Callable[[], StagedObject] | None = None) -> None:
+        self._parts: list[bytes | memoryview | None] = []
         self.size = 0
         self.blobs: list[PackedBlob] = []
+        self._stage = stage
+        self._staged: StagedObject | None = None
+        self._parts_start = 0  # pack offset of _parts[0] when staged
+        self._cond = threading.Condition()
+        self._spilling = 0
+        self._error: BaseException | None = None
 
-    def add(self, blob_type: int, blob_id: bytes, envelope: bytes | memoryview, raw_length: int) -> None:
+    def add(
+        self, blob_type: int, blob_id: bytes, envelope: bytes | memoryview, raw_length: int
+    ) -> Spill | None:
+        """Append a blob; when staged, may return envelopes for the caller to ``spill``."""
         n = len(envelope)
         self.blobs.append(PackedBlob(blob_type, blob_id, self.size, n, raw_length))
-        self._parts.append(envelope if isinstance(envelope, bytes) else bytes(envelope))
+        self._parts.append(envelope)  # bytes or a read-only view (Sealer.seal_view): kept, not copied
         self.size += n
+        if self._stage is None or self.size - self._parts_start < SPILL_BYTES:
+            return None
+        spill = Spill(self._parts_start, self._parts)
+        self._parts = []
+        self._parts_start = self.size
+        with self._cond:
+            self._spilling += 1
+        return spill
+
+    def spill(self, spill: Spill) -> None:
+        """Write envelopes ``add`` handed out (any thread; errors surface in ``finish``)."""
+        try:
+            self._staged_object().write_at(spill.offset, cast(list[bytes | memoryview], spill.parts))
+        except BaseException as e:
+            with self._cond:
+                self._error = self._error or e
+        finally:
+            spill.parts.clear()
+            with self._cond:
+                self._spilling -= 1
+                self._cond.notify_all()
+
+    def _staged_object(self) -> StagedObject:
+        with self._cond:
+            if self._staged is None:
+                assert self._stage is not None
+                self._staged = self._stage()
+            return self._staged
 
     def __len__(self) -> int:
         return len(self.blobs)
 
-    def finish(self, sealer: Sealer) -> tuple[str, memoryview, list[PackedBlob]]:
-        """(pack ID hex, pack bytes, blobs). The writer must not be used afterwards."""
+    def finish(self, sealer: Sealer) -> tuple[str, memoryview | None, list[PackedBlob]]:
+        """(pack ID hex, pack bytes or None if staged, blobs). Then only ``commit``/``discard``."""
         plain = bytearray(_COUNT.pack(len(self.blobs)))
         for b in self.blobs:
             plain += _ENTRY.pack(b.type, b.id, b.length, b.raw_length)
-        trailer = sealer.seal(Kind.TRAILER, bytes(plain), compress=False)
+        trailer = sealer.seal(Kind.TRAILER, bytes(plain))
         total = self.size + len(trailer) + TRAILER_LEN_SIZE
         if total > MAX_PACK_SIZE:
             raise ValueError("pack too large")
-        buf = np.empty(total, dtype=np.uint8)
         parts, self._parts = self._parts, []
         parts += (trailer, _COUNT.pack(len(trailer)))
+        if self._stage is not None:
+            return self._finish_staged(parts, total)
+        buf = np.empty(total, dtype=np.uint8)
         pos = 0
         for i, part in enumerate(parts):
             assert part is not None
@@ -85,6 +142,40 @@ class PackWriter:
             parts[i] = None  # free it now: peak memory stays near one pack
         data = buf.data  # a memoryview of the array, no copy
         return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), data, self.blobs
+
+    def _finish_staged(self, parts: list[bytes | memoryview | None], total: int) -> tuple[str, None, list[PackedBlob]]:
+        with self._cond:
+            self._spilling += 1
+        self.spill(Spill(self._parts_start, parts))
+        with self._cond:
+            while self._spilling > 0:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+        staged = self._staged_object()
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        for offset in range(0, total, HASH_BLOCK):
+            hasher.update(staged.read_at(offset, min(HASH_BLOCK, total - offset)))
+        return hasher.hexdigest(), None, self.blobs
+
+    def commit(self, key: str) -> None:
+        """Store a staged pack under ``key`` (atomic and durable, like a put)."""
+        self._staged_object().commit(key)
+
+    def discard(self) -> None:
+        """Drop a staged pack's temporary file, if any (unfinished or failed packs)."""
+        with self._cond:
+            staged, self._staged, self._stage = self._staged, None, None
+        if staged is not None:
+            staged.discard()
+
+
+@dataclass(slots=True)
+class Spill:
+    """Envelopes to write at ``offset`` of a staged pack (from ``PackWriter.add``)."""
+
+    offset: int
+    parts: list[bytes | memoryview | None]
 
 
 def trailer_length(tail: bytes, name: str) -> int:

@@ -15,11 +15,8 @@ write is the local index cache.
 from __future__ import annotations
 
 import dataclasses
-import getpass
-import hmac
 import json
 import os
-import socket
 import threading
 import time
 from collections import OrderedDict
@@ -34,7 +31,7 @@ from typing import Any
 import blake3
 import numpy as np
 
-from resurgo.backend import Backend, layout
+from resurgo.backend import Backend, layout, stager
 from resurgo.errors import (
     BlobNotFound,
     CorruptObject,
@@ -42,15 +39,14 @@ from resurgo.errors import (
     ObjectExists,
     ObjectNotFound,
     RepositoryExists,
-    RepositoryNotFound,
     UnsupportedVersion,
     UsageError,
-    WrongPassword,
 )
 from resurgo.repo.cache import RepoCache
 from resurgo.repo.chunker import Chunker
 from resurgo.repo.config import RepoConfig, RepoParams
-from resurgo.repo.crypto import Kind, Sealer
+from resurgo.repo.crypto import Dictionary, Kind, Sealer
+from resurgo.repo.dictionary import DictionaryStore
 from resurgo.repo.index import (
     BlobLocation,
     DecodedIndex,
@@ -59,7 +55,17 @@ from resurgo.repo.index import (
     encode_index,
     encode_index_arrays,
 )
-from resurgo.repo.keys import KDFParams, KeyFile, MasterKey, make_key_file, parse_key_file, unwrap
+from resurgo.repo.keys import (
+    KDFParams,
+    KeyFile,
+    MasterKey,
+    NewKey,
+    Unlocked,
+    key_owner,
+    make_key_file,
+    parse_key_file,
+    unlock,
+)
 from resurgo.repo.marks import SWEEPING, list_marks
 from resurgo.repo.pack import PackedBlob, PackWriter, verify_pack_bytes
 from resurgo.repo.sessions import SessionLost, SessionSettings, WriterSession
@@ -101,12 +107,7 @@ def object_id(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()
 
 
-def _whoami() -> tuple[str, str]:
-    try:
-        user = getpass.getuser()
-    except Exception:
-        user = str(os.getuid())
-    return socket.gethostname(), user
+_whoami = key_owner
 
 
 class Repository:
@@ -126,7 +127,13 @@ class Repository:
         self.config = config
         self.key_id = key_id
         self._master = master
-        self._sealer = Sealer(master.encrypt, config.params.compression_level)
+        # Compression dictionaries (repo/dictionary.py): the sealer finds the
+        # ones envelopes name through the store.
+        self.dictionaries = DictionaryStore(backend)
+        self._sealer = Sealer(
+            master.encrypt, config.params.compression_level, dictionaries=self.dictionaries.resolve
+        )
+        self.dictionaries.bind(self._sealer)
         self._cache_dir = cache_dir / config.id if cache_dir else None
         # Snapshot objects and tree packs kept locally (repo/cache.py).
         self._cache = RepoCache(self._cache_dir) if self._cache_dir else None
@@ -146,6 +153,9 @@ class Repository:
         self._inflight = 0
         self._pending: set[tuple[int, bytes]] = set()
         self._packers: dict[int, PackWriter] = {}
+        # Packs go straight to temporary files when the backend offers it
+        # (local directories), instead of being held in memory (repo/pack.py).
+        self._stage = stager(backend)
         self._unindexed: dict[bytes, list[PackedBlob]] = {}
         self._tree_cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._tree_cache_bytes = 0
@@ -179,6 +189,7 @@ class Repository:
         cache_dir: Path | None = None,
         sessions: SessionSettings | None = None,
         chunker_params_from: Repository | None = None,
+        key: NewKey | None = None,
     ) -> Repository:
         """Create a repository at ``backend``.
 
@@ -188,7 +199,13 @@ class Repository:
         same blob IDs in both and ``copy`` moves blobs without re-hashing them
         (docs/design.md, "Copying between repositories"). ``params`` then only
         chooses the pack size and compression level.
+
+        ``key`` is a master key and key file made beforehand with
+        ``keys.new_key(password, ...)`` (docs/design.md, "Start-up"); ``kdf``
+        is then unused.
         """
+        if key is not None and chunker_params_from is not None:
+            raise ValueError("a prepared key cannot share another repository's blob-ID key")
         if not password:
             raise UsageError("an empty password is not allowed")
         try:
@@ -196,12 +213,16 @@ class Repository:
             raise RepositoryExists(f"a repository already exists at {backend.url}")
         except ObjectNotFound:
             pass
-        master = MasterKey.generate()
+        master = key.master if key is not None else MasterKey.generate()
         config = RepoConfig.new(params or RepoParams())
         if chunker_params_from is not None:
             master, config = chunker_params_from._sharing_blob_ids(master, config)
-        host, user = _whoami()
-        key_id, raw = make_key_file(master, password, kdf or KDFParams(), hostname=host, username=user)
+        if key is not None:
+            key_id, raw = key.key_id, key.raw
+        else:
+            host, user = _whoami()
+            key_id, raw = make_key_file(master, password, kdf or KDFParams(), hostname=host,
+                                        username=user)
         # The key goes first: a config without any key would be unopenable.
         backend.put(layout.KEYS + key_id, raw, create_only=True)
         sealer = Sealer(master.encrypt)
@@ -219,41 +240,30 @@ class Repository:
         cls, backend: Backend, password: str, *, cache_dir: Path | None = None,
         sessions: SessionSettings | None = None,
     ) -> Repository:
-        try:
-            config_env = backend.get(layout.CONFIG)
-        except ObjectNotFound:
-            raise RepositoryNotFound(f"no repository at {backend.url} (run 'resurgo init' first)")
-        key_ids = sorted(layout.name_of(o.key) for o in backend.list(layout.KEYS))
-        damaged: list[str] = []
-        config_error: CorruptObject | None = None
-        for key_id in key_ids:
-            try:
-                kf = parse_key_file(key_id, backend.get(layout.KEYS + key_id))
-            except (CorruptObject, UnsupportedVersion, ObjectNotFound):
-                # One damaged (or concurrently removed) key file must not lock
-                # everybody out: the other keys may still open the repository.
-                damaged.append(key_id)
-                continue
-            master = unwrap(kf, password)
-            if master is None:
-                continue
-            try:
-                raw = Sealer(master.encrypt).open(Kind.CONFIG, config_env, name="config")
-            except CorruptObject as e:
-                # A stray key of another repository (lost init race), or a
-                # damaged config: say which if no other key opens it.
-                config_error = e
-                continue
-            repo = cls(backend, master, RepoConfig.from_json(raw), key_id, cache_dir=cache_dir,
-                       sessions=sessions)
-            repo.load_index()
-            return repo
-        if config_error is not None:
-            raise config_error
-        extra = f" ({len(damaged)} damaged key files: {', '.join(damaged)})" if damaged else ""
-        raise WrongPassword(f"wrong password: no key in {backend.url} opens with it{extra}")
+        """Open the repository with ``password`` (see ``keys.unlock`` for the errors)."""
+        return cls.open_unlocked(backend, unlock(backend, password), cache_dir=cache_dir,
+                                 sessions=sessions)
+
+    @classmethod
+    def open_unlocked(
+        cls, backend: Backend, unlocked: Unlocked, *, cache_dir: Path | None = None,
+        sessions: SessionSettings | None = None,
+    ) -> Repository:
+        """Open the repository with a key already found by ``keys.unlock``.
+
+        The split lets a caller derive the key before importing this module
+        (docs/design.md, "Start-up").
+        """
+        repo = cls(backend, unlocked.master, RepoConfig.from_json(unlocked.config),
+                   unlocked.key_id, cache_dir=cache_dir, sessions=sessions)
+        repo.load_index()
+        return repo
 
     def close(self) -> None:
+        with self._lock:
+            unfinished, self._packers = list(self._packers.values()), {}
+        for p in unfinished:  # blobs never stored (no flush): drop their temporary files
+            p.discard()
         self._end_session()
         self.backend.close()
 
@@ -314,6 +324,8 @@ class Repository:
 
     def shares_blob_ids_with(self, other: Repository) -> bool:
         """Whether ``other`` names every blob as this repository does (same blob-ID key)."""
+        import hmac  # here, not at the top: it loads OpenSSL's libcrypto (3.4 MiB)
+
         return hmac.compare_digest(self._master.id_mac, other._master.id_mac)
 
     def _sharing_blob_ids(self, master: MasterKey, config: RepoConfig) -> tuple[MasterKey, RepoConfig]:
@@ -422,7 +434,10 @@ class Repository:
         if path is None or not path.exists():
             return MemoryIndex(), set(), set()
         try:
-            plain = self._sealer.open(Kind.CACHE, path.read_bytes(), name="index cache")
+            # A memoryview, so that no slice copies the envelope or the plaintext;
+            # the loaded arrays are views into the decrypted bytes.
+            plain = self._sealer.open(Kind.CACHE, memoryview(path.read_bytes()),
+                                      name="index cache")
             hlen = int.from_bytes(plain[:4], "little")
             header = json.loads(plain[4 : 4 + hlen])
             covered = set(header["index"])
@@ -431,7 +446,7 @@ class Repository:
                 # Index objects were removed (compaction): start afresh rather
                 # than keep entries for packs that may be gone.
                 return MemoryIndex(), set(), set()
-            return MemoryIndex.load(plain[4 + hlen :]), covered, superseded & names
+            return MemoryIndex.load(plain, 4 + hlen), covered, superseded & names
         except Exception:
             # A damaged cache is never trusted: rebuild from the repository.
             return MemoryIndex(), set(), set()
@@ -445,7 +460,10 @@ class Repository:
         header = json.dumps(
             {"index": sorted(names), "superseded": sorted(superseded or ())}
         ).encode()
-        plain = len(header).to_bytes(4, "little") + header + index.dump()
+        # Padded (JSON allows trailing spaces) so that the arrays after it are
+        # aligned and load as views, not copies (MemoryIndex.load).
+        header += b" " * (-(4 + len(header)) % 8)
+        plain = index.dump(prefix=(len(header).to_bytes(4, "little"), header))
         env = self._sealer.seal(Kind.CACHE, plain, compress=False)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -481,12 +499,46 @@ class Repository:
     def _seal_and_pack(self, blob_type: int, bid: bytes, data: bytes | memoryview) -> None:
         """Seal a blob already marked pending and add it to its type's pack.
 
+        Data blobs may be kept back as dictionary training samples and sealed
+        later, with the dictionary (repo/dictionary.py; ``flush`` seals them all).
+        """
+        if blob_type != BlobType.DATA:
+            self._seal_batch(blob_type, [(bid, data)], None)
+            return
+        try:
+            admitted = self.dictionaries.admit(bid, data)
+        except BaseException:
+            with self._lock:
+                self._pending.discard((blob_type, bid))
+            raise
+        if admitted is not None:
+            self._seal_batch(blob_type, admitted[1], admitted[0])
+
+    def _seal_batch(
+        self, blob_type: int, batch: list[tuple[bytes, bytes | memoryview]], dictionary: Dictionary | None
+    ) -> None:
+        for i, (bid, data) in enumerate(batch):
+            try:
+                self._seal_one(blob_type, bid, data, dictionary)
+            except BaseException:
+                with self._lock:  # the rest were never stored either
+                    for later, _ in batch[i + 1 :]:
+                        self._pending.discard((blob_type, later))
+                raise
+
+    def _seal_one(
+        self, blob_type: int, bid: bytes, data: bytes | memoryview, dictionary: Dictionary | None
+    ) -> None:
+        """Seal one blob and add it to its type's pack.
+
         Uploads the pack when it reaches the target size. On a sealing error the
         blob leaves the pending set, so a later save can store it.
         """
         key = (blob_type, bid)
         try:
-            env = self._sealer.seal(_KIND_OF_TYPE[blob_type], data, blob_context(blob_type, bid))
+            env = self._sealer.seal_view(
+                _KIND_OF_TYPE[blob_type], data, blob_context(blob_type, bid), dictionary=dictionary
+            )
         except BaseException:
             with self._lock:
                 self._pending.discard(key)
@@ -495,14 +547,16 @@ class Repository:
         with self._lock:
             packer = self._packers.get(blob_type)
             if packer is None:
-                packer = self._packers[blob_type] = PackWriter()
-            packer.add(blob_type, bid, env, len(data))
+                packer = self._packers[blob_type] = PackWriter(self._stage)
+            spill = packer.add(blob_type, bid, env, len(data))
             self.stats_added["blobs"] += 1
             self.stats_added["bytes_raw"] += len(data)
             self.stats_added["bytes_stored"] += len(env)
             if packer.size >= self.config.params.pack_size:
                 finished = self._packers.pop(blob_type)
                 self._inflight += 1
+        if spill is not None:
+            packer.spill(spill)
         if finished is not None:
             self._upload(finished)
 
@@ -511,8 +565,12 @@ class Repository:
         try:
             try:
                 pack_hex, data, blobs = packer.finish(self._sealer)
-                self.backend.put(layout.pack(pack_hex), memoryview(data))
+                if data is None:
+                    packer.commit(layout.pack(pack_hex))
+                else:
+                    self.backend.put(layout.pack(pack_hex), data)
             except BaseException:
+                packer.discard()
                 # The blobs were never stored: forget them, or a later save of
                 # the same data would be skipped as "pending" and never written.
                 with self._lock:
@@ -548,7 +606,7 @@ class Repository:
             pid: [(b.type, b.id, b.offset, b.length, b.raw_length) for b in blobs]
             for pid, blobs in batch.items()
         }
-        env = self._sealer.seal(Kind.INDEX, encode_index(packs), compress=False)
+        env = self._sealer.seal(Kind.INDEX, encode_index(packs))
         name = object_id(env)
         try:
             self._writer_session().check("write an index object")
@@ -567,6 +625,8 @@ class Repository:
         After ``flush`` returns, every blob saved so far is durable and indexed,
         so a snapshot referencing them may be saved.
         """
+        dictionary, kept = self.dictionaries.release()
+        self._seal_batch(BlobType.DATA, kept, dictionary)
         with self._lock:
             packers = [p for p in self._packers.values() if len(p)]
             self._packers = {}
@@ -621,7 +681,12 @@ class Repository:
             raise CorruptObject(name, "length differs from the index")
         return plain
 
-    def load_blob(self, blob_type: int, blob_id: bytes) -> bytes:
+    def load_blob(self, blob_type: int, blob_id: bytes, *, keep: bool = True) -> bytes:
+        """A blob's plaintext.
+
+        Trees stay in memory for the next call (up to ``TREE_CACHE_BYTES``)
+        unless ``keep`` is false: for a caller that reads each tree once.
+        """
         if blob_type == BlobType.TREE:
             with self._lock:
                 cached = self._tree_cache.get(blob_id)
@@ -637,7 +702,7 @@ class Repository:
             plain = self._load_tree_via_cache(loc)
         else:
             plain = self.open_blob(loc, self.read_pack_range(loc.pack_id, loc.offset, loc.length))
-        if blob_type == BlobType.TREE:
+        if blob_type == BlobType.TREE and keep:
             with self._lock:
                 self._tree_cache[blob_id] = plain
                 self._tree_cache_bytes += len(plain)
@@ -690,6 +755,25 @@ class Repository:
 
     def verify_blob_id(self, blob_id: bytes, plain: bytes | memoryview) -> bool:
         return self._master.blob_id(plain) == blob_id
+
+    def verify_blob_envelope(self, blob: PackedBlob, envelope: bytes | memoryview, pack_hex: str) -> None:
+        """Raise unless ``envelope`` opens as ``blob`` says: its type, length and content ID.
+
+        What ``open_blob`` and ``verify_blob_id`` check together, without
+        keeping the plaintext (``Sealer.open_digest``): for check --read-data.
+        """
+        name = f"blob {blob.id.hex()} in pack {pack_hex}"
+        kind = _BLOB_KIND.get(blob.type)  # type: ignore[call-overload]  # any int: unknown types are damage
+        if kind is None:
+            raise CorruptObject(name, f"unknown blob type {blob.type}")
+        hasher = blake3.blake3(key=self._master.id_mac)
+        length = self._sealer.open_digest(
+            kind, envelope, blob_context(blob.type, blob.id), hasher, expect=blob.raw_length, name=name
+        )
+        if length != blob.raw_length:
+            raise CorruptObject(name, "length differs from the index")
+        if hasher.digest() != blob.id:
+            raise CorruptObject(f"blob {blob.id.hex()}", "content does not match its ID")
 
     # ------------------------------------------------------------ small objects
 
@@ -904,7 +988,7 @@ class Repository:
         """
         session = self._writer_session()
         plain = encode_index_arrays(pack_ids, entries, [bytes.fromhex(n) for n in supersedes])
-        env = self._sealer.seal(Kind.INDEX, plain, compress=False)
+        env = self._sealer.seal(Kind.INDEX, plain)
         name = object_id(env)
         session.check("write an index object")
         self.backend.put(layout.INDEX + name, env)

@@ -23,7 +23,7 @@ prune can call a session stale, its writer has stopped trusting it.
 
 from __future__ import annotations
 
-import secrets
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,8 +96,9 @@ class WriterSession(Heartbeat):
         self, store: ControlStore, settings: SessionSettings, *, start: float,
         operation: str = "write",
     ) -> None:
+        # os.urandom, as secrets.token_hex: secrets would load libcrypto (docs/design.md, "Start-up")
         super().__init__(store, settings, version=SESSION_VERSION,
-                         record_id=secrets.token_hex(16), operation=operation)
+                         record_id=os.urandom(16).hex(), operation=operation)
         self.key = SESSIONS + self.id
         self.start = start
         self._ended = False

@@ -3,29 +3,48 @@
 ``model`` owns the data types and their deterministic serialization, ``store``
 saves, finds and walks them in a repository, ``fsmeta`` reads metadata from and
 applies it to a Linux filesystem.
+
+The names below are imported on first use (PEP 562): ``store`` needs the
+repository facade (and NumPy), which a command loads only after it derived its
+key (docs/design.md, "Start-up").
 """
 
-from resurgo.snapshot.model import (
-    Node,
-    NodeType,
-    Snapshot,
-    decode_snapshot,
-    decode_tree,
-    encode_snapshot,
-    encode_tree,
-)
-from resurgo.snapshot.store import (
-    LATEST,
-    PathNotInSnapshot,
-    filter_snapshots,
-    find_node,
-    find_snapshot,
-    list_snapshots,
-    load_snapshot,
-    load_tree,
-    save_snapshot,
-    walk_tree,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from resurgo.snapshot.model import (
+        Node,
+        NodeType,
+        Snapshot,
+        decode_snapshot,
+        decode_tree,
+        encode_snapshot,
+        encode_tree,
+    )
+    from resurgo.snapshot.store import (
+        LATEST,
+        PathNotInSnapshot,
+        filter_snapshots,
+        find_node,
+        find_snapshot,
+        list_snapshots,
+        load_snapshot,
+        load_tree,
+        save_snapshot,
+        walk_tree,
+    )
+
+_MODEL = ("Node", "NodeType", "Snapshot", "decode_snapshot", "decode_tree", "encode_snapshot",
+          "encode_tree")
+_STORE = ("LATEST", "PathNotInSnapshot", "filter_snapshots", "find_node", "find_snapshot",
+          "list_snapshots", "load_snapshot", "load_tree", "save_snapshot", "walk_tree")
+_WHERE = {
+    **dict.fromkeys(_MODEL, "resurgo.snapshot.model"),
+    **dict.fromkeys(_STORE, "resurgo.snapshot.store"),
+}
 
 __all__ = [
     "LATEST",
@@ -46,3 +65,16 @@ __all__ = [
     "save_snapshot",
     "walk_tree",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
