@@ -35,8 +35,8 @@ from resurgo.repo.repository import Repository
 
 TAIL_READ = 64 << 10
 THREADS = 4
-# read_data's work (hashing, decompression) runs outside the GIL and each
-# thread reads ahead while it verifies: one thread per core keeps the CPUs busy.
+# read_data's work (hashing, decompression) runs mostly outside the GIL and
+# each thread reads ahead while it verifies: one thread per core.
 READ_DATA_THREADS = min(4, max(2, os.cpu_count() or 2))
 # Bytes per ranged read of a pack (more when one blob is larger): each thread
 # holds two ranges (one verified, one being read), not a whole pack.
@@ -230,12 +230,14 @@ class _Reading:
         self.reporter = reporter
         self.packs_total = packs_total
         self.stop = threading.Event()
-        # Verifying a small blob is a few microseconds of Python and C calls
-        # that each give up the GIL and take it back; two threads doing that
-        # at once mostly wait on each other (the one that let go rarely gets
-        # the GIL back before the switch interval, 5 ms, forces it). So one
-        # thread at a time verifies the small blobs of its range, while the
-        # others verify large ones, whose C calls run for milliseconds.
+        # Verifying a small blob is ~14 us of short calls, each giving up the
+        # GIL and taking it back (decryption holds it; decompression and
+        # hashing release it); two threads doing that at once spend more CPU
+        # handing the GIL over than they gain. So one thread at a time
+        # verifies the small blobs of its range, while the others verify
+        # large ones, whose C calls run for milliseconds without the GIL
+        # (measured, 1 GB dataset, warm: 0.84 s and 1.49 s CPU without the
+        # lock, 0.71 s and 1.20 s with it; one thread: 0.93 s).
         self.small_blobs = threading.Lock()
 
     def pack_done(self, problems: list[Problem], blobs: int, size: int, *, complete: bool) -> None:
