@@ -1,4 +1,7 @@
-"""Bounded memory in the hot paths: restore writes in batches, one large file is read at a time."""
+"""Bounded memory in the hot paths: one large file is read at a time.
+
+(Restore's bound, one decoded blob per thread, is tested in test_restore.py.)
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ import pytest
 
 from resurgo.backend.memory import MemoryBackend
 from resurgo.ops import backup as backup_mod
-from resurgo.ops import restore as restore_mod
 from resurgo.ops.backup import backup_paths
 from resurgo.ops.restore import restore_snapshot
 from resurgo.repo import KDFParams, RepoParams, Repository
@@ -20,37 +22,6 @@ from resurgo.snapshot.store import find_snapshot
 def new_repo() -> Repository:
     params = RepoParams(pack_size=1 << 20, chunk_min=256, chunk_avg=2048, chunk_max=8192)
     return Repository.init(MemoryBackend(), "pw", params=params, kdf=KDFParams.weak_for_tests())
-
-
-def test_a_range_decoding_to_more_than_a_write_batch_is_written_in_batches_and_restores_exactly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    repo = new_repo()
-    src = tmp_path / "src"
-    src.mkdir()
-    rng = random.Random(3)
-    # Compressible text (decodes to more than it stores) and random bytes.
-    text = b"".join(b"line %d of the log, all alike\n" % i for i in range(8000))
-    (src / "log").write_bytes(text)
-    (src / "rand").write_bytes(rng.randbytes(150_000))
-    s = backup_paths(repo, [src])
-    snap = find_snapshot(repo, s.snapshot_id or "")
-    monkeypatch.setattr(restore_mod, "_WRITE_BATCH", 16 << 10)
-    calls: list[int] = []
-    real = restore_mod._Restore._write_file
-
-    def spy(self: restore_mod._Restore, e: object, items: list) -> None:
-        calls.append(sum(len(plain) for _chunk, plain in items))
-        real(self, e, items)
-
-    monkeypatch.setattr(restore_mod._Restore, "_write_file", spy)
-    restore_snapshot(repo, snap, tmp_path / "dst", subpath=bytes(src))
-    assert (tmp_path / "dst" / "log").read_bytes() == text
-    assert (tmp_path / "dst" / "rand").read_bytes() == (src / "rand").read_bytes()
-    # Both files share one pack and one ranged get, yet were written in many
-    # batches of about the batch size (one blob may overshoot it).
-    assert len(calls) > 10
-    assert max(calls) <= (16 << 10) + 8192
 
 
 def test_large_files_are_read_one_at_a_time_and_back_up_intact(

@@ -635,3 +635,139 @@ def test_overwrite_if_changed_replaces_a_file_standing_where_a_directory_belongs
     assert s.conflicts == 1 and (dst / "d").read_bytes() == b"a file in the way"
     s = restore_snapshot(repo, snap, dst, subpath=sub(src), overwrite="if-changed")
     assert files_under(dst) == {"d/inner": b"inside"} and s.conflicts == 0
+
+
+# --- how files are written ------------------------------------------------------------------------
+
+
+def test_each_blob_is_written_before_the_next_one_is_decoded(tmp_path, monkeypatch):
+    repo = new_repo()
+    src = tmp_path / "src"
+    src.mkdir()
+    text = b"".join(b"line %d of the log, all alike\n" % i for i in range(8000))
+    (src / "log").write_bytes(text)  # compressible: decodes to more than it stores
+    (src / "rand").write_bytes(rand(150_000, 5))
+    make_small_files(src / "small", 30, size=500)
+    (src / "small" / "d0" / "copy").write_bytes((src / "small" / "d0" / "f0").read_bytes())
+    snap = backup(repo, src)
+    events: list[str] = []
+    real_open, real_write = repo.open_blob, restore_mod._write_pieces
+
+    def open_blob(loc, env):
+        if loc.type == BlobType.DATA:
+            events.append("decode")
+        return real_open(loc, env)
+
+    def write_pieces(fd, chunk, plain):
+        events.append("write")
+        real_write(fd, chunk, plain)
+
+    monkeypatch.setattr(repo, "open_blob", open_blob)
+    monkeypatch.setattr(restore_mod, "_write_pieces", write_pieces)
+    restore_snapshot(repo, snap, tmp_path / "dst", subpath=sub(src), threads=1)
+    assert files_under(tmp_path / "dst") == files_under(src)
+    # One thread: every decoded blob is written (once per file using it) before
+    # the next blob is decoded, so a thread never holds more than one.
+    assert events.count("decode") > 40
+    assert "decode decode" not in " ".join(events)
+    assert events.count("write") == events.count("decode") + 1  # the copy shares a blob
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
+def test_new_files_get_their_exact_modes_owners_and_times_whatever_the_umask(
+        repo, tmp_path, umask):
+    src = tmp_path / "src"
+    src.mkdir()
+    modes = {"rw-r--r--": 0o644, "group-w": 0o664, "private": 0o600, "none": 0o000,
+             "setuid": 0o4755, "setgid": 0o2750, "sticky": 0o1644, "all": 0o777}
+    for i, (name, mode) in enumerate(modes.items()):
+        (src / name).write_bytes(name.encode() * 10)
+        os.chmod(src / name, mode)
+        os.utime(src / name, ns=(1_000_000_000 + i, 2_000_000_000 + i))
+    if os.geteuid() == 0:
+        os.chown(src / "group-w", 12345, 54321)
+        os.chown(src / "setuid", 12345, 0)
+        os.chmod(src / "setuid", 0o4755)  # chown cleared it
+    snap = backup(repo, src)
+    old = os.umask(umask)
+    try:
+        restore_snapshot(repo, snap, tmp_path / "dst", subpath=sub(src))
+    finally:
+        os.umask(old)
+    for name in modes:
+        a, b = os.lstat(src / name), os.lstat(tmp_path / "dst" / name)
+        assert (stat.S_IMODE(b.st_mode), b.st_uid, b.st_gid, b.st_atime_ns, b.st_mtime_ns) == (
+            stat.S_IMODE(a.st_mode), a.st_uid, a.st_gid, a.st_atime_ns, a.st_mtime_ns), name
+        assert (tmp_path / "dst" / name).read_bytes() == name.encode() * 10
+
+
+def test_new_files_do_not_keep_acls_inherited_from_the_target(repo, tmp_path):
+    import subprocess
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_bytes(b"no acl here")
+    os.chmod(src / "sub" / "f", 0o640)
+    (src / "g").write_bytes(b"nor here")
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    subprocess.run(["setfacl", "-d", "-m", "u:1234:rwx", str(dst)], check=True)
+    restore_snapshot(repo, snap, dst, subpath=sub(src))
+    for rel in ("sub/f", "g", "sub"):
+        assert b"system.posix_acl_access" not in os.listxattr(dst / rel), rel
+        assert stat.S_IMODE(os.lstat(dst / rel).st_mode) == stat.S_IMODE(os.lstat(src / rel).st_mode)
+    assert b"system.posix_acl_default" not in os.listxattr(dst / "sub")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown)")
+def test_new_files_in_a_set_group_id_target_get_their_recorded_group(repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"root's group")
+    os.chown(src / "f", 0, 0)
+    snap = backup(repo, src)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    os.chown(dst, 0, 54321)
+    os.chmod(dst, 0o2775)  # new files would get group 54321
+    restore_snapshot(repo, snap, dst, subpath=sub(src))
+    assert (os.lstat(dst / "f").st_uid, os.lstat(dst / "f").st_gid) == (0, 0)
+
+
+def test_files_are_written_under_temp_names_where_anonymous_files_are_not_supported(
+        tmp_path, monkeypatch):
+    repo = new_repo()
+    src = tmp_path / "src"
+    data = make_small_files(src, 20)
+    snap = backup(repo, src)
+    # O_TMPFILE needs write access: a read-only one fails like a file system without it.
+    monkeypatch.setattr(restore_mod, "_ANONYMOUS", os.O_TMPFILE | os.O_RDONLY)
+    renames = []
+    real_rename = os.rename
+    monkeypatch.setattr(restore_mod.os, "rename", lambda *a, **k: (renames.append(a[0]),
+                                                                    real_rename(*a, **k)))
+    dst = tmp_path / "dst"
+    s = restore_snapshot(repo, snap, dst, subpath=sub(src), verify=True)
+    assert files_under(dst) == data  # and no temp files left
+    assert s.files_restored == 20 and s.files_verified == 20
+    assert len(renames) == 20 and all(n.startswith(restore_mod.TMP_PREFIX) for n in renames)
+
+
+def test_many_blob_ranges_run_on_one_thread_at_a_time_while_large_ones_remain():
+    def job(name: bytes, size: int, blobs: int):
+        return (name, 0, size, [object()] * blobs)  # type: ignore[list-item]
+
+    small = [job(b"s%d" % i, 1 << 20, 200) for i in range(3)]
+    large = [job(b"l%d" % i, 8 << 20, 4) for i in range(2)]
+    jobs = restore_mod._Jobs(small + large, max_many=1)  # type: ignore[arg-type]
+    first = jobs.take(False)
+    assert first is not None and first[1]  # many-blob ranges first ...
+    second, third = jobs.take(False), jobs.take(False)
+    assert second is not None and third is not None
+    assert not second[1] and not third[1]  # ... but one thread at a time, while large ones remain
+    fourth = jobs.take(False)
+    assert fourth is not None and fourth[1]  # none left: every thread takes many-blob ranges
+    fifth = jobs.take(True)
+    assert fifth is not None and fifth[1]
+    assert jobs.take(True) is None

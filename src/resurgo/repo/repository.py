@@ -536,7 +536,7 @@ class Repository:
         """
         key = (blob_type, bid)
         try:
-            env = self._sealer.seal(
+            env = self._sealer.seal_view(
                 _KIND_OF_TYPE[blob_type], data, blob_context(blob_type, bid), dictionary=dictionary
             )
         except BaseException:
@@ -681,7 +681,12 @@ class Repository:
             raise CorruptObject(name, "length differs from the index")
         return plain
 
-    def load_blob(self, blob_type: int, blob_id: bytes) -> bytes:
+    def load_blob(self, blob_type: int, blob_id: bytes, *, keep: bool = True) -> bytes:
+        """A blob's plaintext.
+
+        Trees stay in memory for the next call (up to ``TREE_CACHE_BYTES``)
+        unless ``keep`` is false: for a caller that reads each tree once.
+        """
         if blob_type == BlobType.TREE:
             with self._lock:
                 cached = self._tree_cache.get(blob_id)
@@ -697,7 +702,7 @@ class Repository:
             plain = self._load_tree_via_cache(loc)
         else:
             plain = self.open_blob(loc, self.read_pack_range(loc.pack_id, loc.offset, loc.length))
-        if blob_type == BlobType.TREE:
+        if blob_type == BlobType.TREE and keep:
             with self._lock:
                 self._tree_cache[blob_id] = plain
                 self._tree_cache_bytes += len(plain)
@@ -750,6 +755,25 @@ class Repository:
 
     def verify_blob_id(self, blob_id: bytes, plain: bytes | memoryview) -> bool:
         return self._master.blob_id(plain) == blob_id
+
+    def verify_blob_envelope(self, blob: PackedBlob, envelope: bytes | memoryview, pack_hex: str) -> None:
+        """Raise unless ``envelope`` opens as ``blob`` says: its type, length and content ID.
+
+        What ``open_blob`` and ``verify_blob_id`` check together, without
+        keeping the plaintext (``Sealer.open_digest``): for check --read-data.
+        """
+        name = f"blob {blob.id.hex()} in pack {pack_hex}"
+        kind = _BLOB_KIND.get(blob.type)  # type: ignore[call-overload]  # any int: unknown types are damage
+        if kind is None:
+            raise CorruptObject(name, f"unknown blob type {blob.type}")
+        hasher = blake3.blake3(key=self._master.id_mac)
+        length = self._sealer.open_digest(
+            kind, envelope, blob_context(blob.type, blob.id), hasher, expect=blob.raw_length, name=name
+        )
+        if length != blob.raw_length:
+            raise CorruptObject(name, "length differs from the index")
+        if hasher.digest() != blob.id:
+            raise CorruptObject(f"blob {blob.id.hex()}", "content does not match its ID")
 
     # ------------------------------------------------------------ small objects
 

@@ -324,11 +324,16 @@ def create_special(path: bytes, node: Node, *, owner: bool) -> None:
         raise ValueError(f"{ntype} is not a special file type")
 
 
-def _set_xattr(path: bytes, xname: bytes, value: bytes, warnings: list[str]) -> None:
+def _set_xattr(
+    target: bytes | int, xname: bytes, value: bytes, warnings: list[str], shown: str
+) -> None:
     try:
-        os.setxattr(path, xname, value, follow_symlinks=False)
+        if isinstance(target, int):
+            os.setxattr(target, xname, value)
+        else:
+            os.setxattr(target, xname, value, follow_symlinks=False)
     except OSError as exc:
-        warnings.append(f"{show_path(path)}: cannot set xattr {show_path(xname)}: {exc.strerror}")
+        warnings.append(f"{shown}cannot set xattr {show_path(xname)}: {exc.strerror}")
 
 
 def apply_metadata(
@@ -350,41 +355,72 @@ def apply_metadata(
 
     Nothing is raised for a refused step: each becomes a warning string.
     """
+    return _apply(path, node, owner=owner, numeric_ids=numeric_ids, shown=show_path(path) + ": ",
+                  inherited_acls=True)
+
+
+def apply_metadata_fd(
+    fd: int, node: Node, *, owner: bool, numeric_ids: bool = False, inherited_acls: bool = True
+) -> list[str]:
+    """``apply_metadata`` through an open descriptor of a regular file or directory
+    (fchown, fchmod, futimens, f*xattr: no path lookups, nothing to follow).
+
+    ``inherited_acls=False`` skips listing the ACLs to remove: for the caller
+    that just created the file (``O_EXCL``) in a directory without a default
+    ACL, which is the only way a new file gets one. Warnings do not name the
+    entry (the caller knows which one it is). The descriptor may be read-only.
+    """
+    return _apply(fd, node, owner=owner, numeric_ids=numeric_ids, shown="",
+                  inherited_acls=inherited_acls)
+
+
+def _apply(
+    target: bytes | int, node: Node, *, owner: bool, numeric_ids: bool, shown: str,
+    inherited_acls: bool,
+) -> list[str]:
+    # A path is never followed through a symlink; a descriptor has nothing to follow.
+    by_fd = isinstance(target, int)
+    nofollow: dict[str, bool] = {} if by_fd else {"follow_symlinks": False}
     warnings: list[str] = []
-    shown = show_path(path)
     if owner:
         uid, gid = resolve_owner(node, numeric_ids=numeric_ids)
         try:
-            os.chown(path, uid, gid, follow_symlinks=False)
+            os.chown(target, uid, gid, **nofollow)
         except OSError as exc:
-            warnings.append(f"{shown}: cannot set owner {uid}:{gid}: {exc.strerror}")
+            warnings.append(f"{shown}cannot set owner {uid}:{gid}: {exc.strerror}")
 
     is_link = node.type is NodeType.SYMLINK
-    if not is_link:
+    xattrs = node.xattrs
+    if not is_link and inherited_acls:
         try:
-            present = {os.fsencode(n) for n in os.listxattr(path, follow_symlinks=False)}
+            present = {os.fsencode(n) for n in os.listxattr(target, **nofollow)}
         except OSError:
             present = set()
-        for xname in sorted((present & ACL_XATTRS) - set(node.xattrs)):
+        for xname in sorted((present & ACL_XATTRS) - set(xattrs)):
             try:
-                os.removexattr(path, xname, follow_symlinks=False)
+                os.removexattr(target, xname, **nofollow)
             except OSError as exc:
-                warnings.append(f"{shown}: cannot remove ACL {show_path(xname)}: {exc.strerror}")
-    for xname in sorted(node.xattrs):
-        if xname not in ACL_XATTRS:
-            _set_xattr(path, xname, node.xattrs[xname], warnings)
+                warnings.append(f"{shown}cannot remove ACL {show_path(xname)}: {exc.strerror}")
+    if xattrs:
+        for xname in sorted(xattrs):
+            if xname not in ACL_XATTRS:
+                _set_xattr(target, xname, xattrs[xname], warnings, shown)
 
     if not is_link:
         try:
-            os.chmod(path, node.mode)
+            os.chmod(target, node.mode)
         except OSError as exc:
-            warnings.append(f"{shown}: cannot set mode {node.mode:04o}: {exc.strerror}")
-    for xname in sorted(node.xattrs):
-        if xname in ACL_XATTRS:
-            _set_xattr(path, xname, node.xattrs[xname], warnings)
+            warnings.append(f"{shown}cannot set mode {node.mode:04o}: {exc.strerror}")
+    if xattrs:
+        for xname in sorted(xattrs):
+            if xname in ACL_XATTRS:
+                _set_xattr(target, xname, xattrs[xname], warnings, shown)
 
     try:
-        os.utime(path, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
+        if by_fd:
+            os.utime(target, ns=(node.atime_ns, node.mtime_ns))
+        else:
+            os.utime(target, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
     except OSError as exc:
-        warnings.append(f"{shown}: cannot set times: {exc.strerror}")
+        warnings.append(f"{shown}cannot set times: {exc.strerror}")
     return warnings
