@@ -30,7 +30,7 @@ from resurgo.ops.restore import (
 from resurgo.progress import RecordingReporter
 from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
 from resurgo.snapshot.model import Node, NodeType, Snapshot
-from resurgo.snapshot.store import find_snapshot, save_snapshot
+from resurgo.snapshot.store import find_snapshot, save_snapshot, walk_tree
 
 
 class CountingBackend:
@@ -670,7 +670,11 @@ def test_each_blob_is_written_before_the_next_one_is_decoded(tmp_path, monkeypat
     # the next blob is decoded, so a thread never holds more than one.
     assert events.count("decode") > 40
     assert "decode decode" not in " ".join(events)
-    assert events.count("write") == events.count("decode") + 1  # the copy shares a blob
+    # Each blob is decoded once and written once per place that uses it: the
+    # copy shares f0's blob, and tiny chunks of the log may repeat.
+    refs = [b for _, n in walk_tree(repo, snap.tree) if n.type == NodeType.FILE for b in n.content]
+    assert events.count("decode") == len(set(refs))
+    assert events.count("write") == len(refs) > len(set(refs))
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
