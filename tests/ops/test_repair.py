@@ -110,7 +110,14 @@ def test_random_damage_is_reported_repaired_and_what_is_lost_is_listed(tmp_path,
     assert len(data_keys) >= 6 and len(index_keys) >= 2 and len(snap_keys) == 4
 
     destroyed: set[bytes] = set()
-    deleted_pack, corrupted_pack = rng.sample(data_keys, 2)
+    # The deleted pack holds data a surviving snapshot uses, so the damage
+    # costs files whatever the chunker and packing made of the tree.
+    corrupted_snap = rng.choice(snap_keys)
+    survivors = {s: fb for s, fb in orig.file_blobs.items() if s != layout.name_of(corrupted_snap)}
+    used = {b for fb in survivors.values() for blobs in fb.values() for b in blobs}
+    costly = [k for k in data_keys if any(b.id in used for b in pack_blobs(backend, repo, k))]
+    deleted_pack = rng.choice(costly)
+    corrupted_pack = rng.choice([k for k in data_keys if k != deleted_pack])
     destroyed |= {b.id for b in pack_blobs(backend, repo, deleted_pack)}
     victim = rng.choice(pack_blobs(backend, repo, corrupted_pack))
     destroyed.add(victim.id)
@@ -119,7 +126,6 @@ def test_random_damage_is_reported_repaired_and_what_is_lost_is_listed(tmp_path,
     deleted_index, corrupted_index = rng.sample(index_keys, 2)
     backend.delete(deleted_index)
     flip(backend, corrupted_index, 40)
-    corrupted_snap = rng.choice(snap_keys)
     flip(backend, corrupted_snap, 30)
 
     # check names every damaged object it can see.
