@@ -173,3 +173,16 @@ def test_unknown_cipher_and_compression_are_corruption() -> None:
 def test_sealer_refuses_a_short_key() -> None:
     with pytest.raises(ValueError):
         Sealer(b"short")
+
+
+@QUICK
+@given(kind=kinds, data=any_data, context=contexts)
+def test_envelope_sealed_into_a_buffer_is_an_envelope_like_any_other(
+    kind: Kind, data: bytes, context: bytes
+) -> None:
+    env = SEALER.seal_view(kind, data, context)
+    assert env.readonly
+    assert SEALER.open(kind, env, context, name="x") == data
+    assert SEALER.open(kind, bytes(env), context, name="x") == data
+    assert peek_header(env)[2] == expected_compression(data)
+    assert len(env) == len(SEALER.seal(kind, data, context))

@@ -268,7 +268,7 @@ class LocalStaged:
         self._fd = fd
         self._closed = False
 
-    def write_at(self, offset: int, parts: list[bytes]) -> None:
+    def write_at(self, offset: int, parts: list[bytes | memoryview]) -> None:
         try:
             for i in range(0, len(parts), _IOV_MAX):
                 group = parts[i : i + _IOV_MAX]

@@ -49,7 +49,7 @@ from resurgo.repo.lock import ExclusiveLock
 from resurgo.repo.marks import MARKED, SWEEPING, PruneMark, delete_mark, list_marks, save_mark
 from resurgo.repo.pack import PackedBlob
 from resurgo.repo.sessions import SESSIONS, SessionInfo, SessionSettings, list_sessions
-from resurgo.repo.verify import _read_trailer
+from resurgo.repo.verify import read_trailer
 from resurgo.snapshot.store import SNAPSHOTS, load_snapshot
 
 # Rewritten index objects hold at most about this many entries (52 bytes each).
@@ -595,7 +595,7 @@ class _Candidates:
                 sizes = {layout.name_of(o.key): o.size for o in repo.backend.list(layout.DATA)}
                 for pack_hex in sorted(self.packs & sizes.keys()):
                     try:
-                        blobs = _read_trailer(repo, pack_hex, sizes[pack_hex])
+                        blobs = read_trailer(repo, pack_hex, sizes[pack_hex])
                     except (ResurgoError, ValueError) as e:
                         self.prune.warn(f"cannot read marked pack {pack_hex}: {e}")
                         continue

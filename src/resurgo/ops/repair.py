@@ -44,7 +44,7 @@ from resurgo.repo.index import ENTRY_DTYPE
 from resurgo.repo.lock import ExclusiveLock
 from resurgo.repo.marks import delete_mark, list_marks
 from resurgo.repo.pack import PackedBlob, parse_trailer, trailer_length, verify_pack_bytes
-from resurgo.repo.verify import _read_trailer
+from resurgo.repo.verify import read_trailer
 from resurgo.snapshot.model import Node, NodeType, Snapshot, encode_tree
 from resurgo.snapshot.store import SNAPSHOTS, load_snapshot, load_tree, save_snapshot
 
@@ -238,7 +238,7 @@ def _scan_pack(
     pack_id = bytes.fromhex(pack_hex)
     if not read_data:
         try:
-            return _PackResult(blobs=_read_trailer(repo, pack_hex, info.size))
+            return _PackResult(blobs=read_trailer(repo, pack_hex, info.size))
         except (CorruptObject, UnsupportedVersion, BackendError) as e:
             error = str(e)
         try:

@@ -25,11 +25,13 @@ class RepoParams:
     # (borg #8572), small enough to retry cheaply over a slow link.
     pack_size: int = 32 * MiB
     # FastCDC 2020 sizes. pyfastcdc's effective average is avg + min, so the
-    # mean chunk is about 1.25 MiB: large enough to keep the index at ~1
-    # entry per MiB, small enough to dedup edited large files well.
-    chunk_min: int = 256 * KiB
-    chunk_avg: int = 1 * MiB
-    chunk_max: int = 8 * MiB
+    # mean chunk is about 640 KiB: an edit or a copied extent in a large file
+    # costs half as much as with 256 KiB / 1 MiB / 8 MiB, and repositories vary
+    # less with the chunker seed, for ~1.6 index entries per MiB of large
+    # files (docs/design.md, "Chunk and pack sizes").
+    chunk_min: int = 128 * KiB
+    chunk_avg: int = 512 * KiB
+    chunk_max: int = 4 * MiB
     compression_level: int = 3
 
     @classmethod

@@ -14,8 +14,8 @@ refuses it as an unsupported version instead of calling it damaged.
 
 Nonces are 96 random bits from the OS CSPRNG per envelope. With random nonces
 the collision risk stays below 2^-32 up to 2^32 envelopes per key (NIST SP
-800-38D, 8.3); at the default 1 MiB average chunk that is about 4 PiB of unique
-data per repository key, far beyond the target. A deterministic nonce
+800-38D, 8.3); at the default 640 KiB mean chunk that is about 2.5 PiB of
+unique data per repository key, far beyond the target. A deterministic nonce
 (derived from the blob ID) was rejected: a blob re-encoded with another
 compression level would reuse a nonce with different plaintext.
 """
@@ -27,7 +27,9 @@ import struct
 import threading
 from collections.abc import Callable
 from enum import IntEnum
+from typing import Protocol
 
+import numpy as np
 import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -182,6 +184,38 @@ class Sealer:
         dictionary: Dictionary | None = None,
     ) -> bytes:
         """Compress (when it helps, with ``dictionary`` if given) and encrypt into an envelope."""
+        header, body = self._encode(kind, plaintext, compress, dictionary)
+        nonce = os.urandom(NONCE_LEN)
+        return header + nonce + self._aead.encrypt(nonce, body, header + context)
+
+    def seal_view(
+        self,
+        kind: Kind,
+        plaintext: bytes | memoryview,
+        context: bytes = b"",
+        *,
+        compress: bool = True,
+        dictionary: Dictionary | None = None,
+    ) -> memoryview:
+        """``seal``, returning a read-only view of a buffer the ciphertext was encrypted into.
+
+        The path for blobs: ``seal`` builds ``header + nonce + ciphertext``,
+        two fresh allocations and a copy of the whole envelope with the GIL
+        held; encrypting into a NumPy buffer (not zeroed first) after the
+        header and nonce avoids both (1.3 ms -> 0.13 ms per MiB, measured).
+        """
+        header, body = self._encode(kind, plaintext, compress, dictionary)
+        nonce = os.urandom(NONCE_LEN)
+        view = np.empty(len(body) + OVERHEAD, dtype=np.uint8).data
+        view[:HEADER_LEN] = header
+        view[HEADER_LEN : HEADER_LEN + NONCE_LEN] = nonce
+        self._aead.encrypt_into(nonce, body, header + context, view[HEADER_LEN + NONCE_LEN :])
+        return view.toreadonly()
+
+    def _encode(
+        self, kind: Kind, plaintext: bytes | memoryview, compress: bool, dictionary: Dictionary | None
+    ) -> tuple[bytes, bytes | memoryview]:
+        """(header, body): the envelope's header, and the plaintext compressed when it helps."""
         comp = Compression.NONE
         version = FORMAT_VERSION
         body: bytes | memoryview = plaintext
@@ -205,27 +239,13 @@ class Sealer:
                     body = dictionary.tag + packed
                     comp = Compression.ZSTD_DICT
                     version = FORMAT_VERSION_DICT
-        header = _HEADER.pack(version, CIPHER_AES256GCM, comp, kind)
-        nonce = os.urandom(NONCE_LEN)
-        return header + nonce + self._aead.encrypt(nonce, body, header + context)
+        return _HEADER.pack(version, CIPHER_AES256GCM, comp, kind), body
 
     def open(
         self, kind: Kind, envelope: bytes | memoryview, context: bytes = b"", *, name: str
     ) -> bytes:
         """Authenticate, decrypt and decompress an envelope; ``name`` is for error messages."""
-        if len(envelope) < OVERHEAD:
-            raise CorruptObject(name, "too short to be an envelope")
-        header = bytes(envelope[:HEADER_LEN])
-        version, cipher, comp, got_kind = _HEADER.unpack(header)
-        if version not in READ_VERSIONS:
-            raise UnsupportedVersion(
-                f"{name}: format version {version} is not supported "
-                f"(this resurgo reads {' and '.join(map(str, READ_VERSIONS))})"
-            )
-        if cipher != CIPHER_AES256GCM:
-            raise CorruptObject(name, f"unknown cipher {cipher}")
-        if got_kind != kind:
-            raise CorruptObject(name, f"expected a {Kind(kind).name.lower()} object, found kind {got_kind}")
+        header, version, comp = _check_header(kind, envelope, name)
         nonce = envelope[HEADER_LEN : HEADER_LEN + NONCE_LEN]
         try:
             body = self._aead.decrypt(nonce, envelope[HEADER_LEN + NONCE_LEN :], header + context)
@@ -233,24 +253,100 @@ class Sealer:
             raise CorruptObject(name, "authentication failed (damaged, or not written with this key)")
         if comp == Compression.NONE:
             return body
+        dctx, frame = self._frame(version, comp, body, name)
+        try:
+            return dctx.decompress(frame, max_output_size=MAX_PLAINTEXT)
+        except zstandard.ZstdError as e:
+            raise CorruptObject(name, f"bad compressed data: {e}")
+
+    def open_digest(
+        self, kind: Kind, envelope: bytes | memoryview, context: bytes, hasher: _Hasher, *,
+        expect: int, name: str,
+    ) -> int:
+        """``hasher.update(open(...))`` without keeping the plaintext; returns its length.
+
+        ``expect`` is the plaintext length the caller expects. The plaintext
+        goes through two buffers this thread keeps for the next call (fresh
+        megabyte-sized buffers per blob cost page faults, and the kernel
+        zeroing them): the envelope is decrypted into one, decompressed into
+        the other, and hashed in one call: the fewer times a verifying thread
+        gives up the GIL, the less it waits to get it back while other threads
+        run Python code. The length returned is exact up to ``expect + 1``;
+        a longer plaintext returns ``expect + 1`` without being hashed whole.
+        As in ``open``, only the first zstd frame counts.
+        """
+        header, version, comp = _check_header(kind, envelope, name)
+        size = len(envelope) - OVERHEAD
+        local = self._local
+        body = _scratch(local, "open_buf", size)
+        try:
+            self._aead.decrypt_into(
+                envelope[HEADER_LEN : HEADER_LEN + NONCE_LEN], envelope[HEADER_LEN + NONCE_LEN :],
+                header + context, body,
+            )
+        except InvalidTag:
+            raise CorruptObject(name, "authentication failed (damaged, or not written with this key)")
+        if comp == Compression.NONE:
+            hasher.update(body)
+            return size
+        dctx, frame = self._frame(version, comp, body, name)
+        out = _scratch(local, "plain_buf", min(expect, MAX_PLAINTEXT) + 1)
+        try:
+            # One call: the reader stops at the end of the first frame (as
+            # ``decompress`` does) or once ``out`` is full.
+            with dctx.stream_reader(frame) as reader:
+                n = reader.readinto(out)
+        except zstandard.ZstdError as e:
+            raise CorruptObject(name, f"bad compressed data: {e}")
+        if n <= expect:
+            hasher.update(out[:n])
+        return int(n)
+
+    def _frame(
+        self, version: int, comp: int, body: bytes | memoryview, name: str
+    ) -> tuple[zstandard.ZstdDecompressor, bytes | memoryview]:
+        """The decompression context for a compressed body, and the zstd frame in it."""
         if comp == Compression.ZSTD:
-            try:
-                return self._decompressor().decompress(body, max_output_size=MAX_PLAINTEXT)
-            except zstandard.ZstdError as e:
-                raise CorruptObject(name, f"bad compressed data: {e}")
+            return self._decompressor(), body
         if comp == Compression.ZSTD_DICT and version == FORMAT_VERSION_DICT:
             if len(body) < DICT_TAG_LEN:
                 raise CorruptObject(name, "too short for a dictionary tag")
             if self._dictionaries is None:
                 raise CorruptObject(name, "needs a dictionary, and none can be loaded here")
-            dictionary = self._dictionaries(body[:DICT_TAG_LEN])
-            try:
-                return self._dict_decompressor(dictionary).decompress(
-                    memoryview(body)[DICT_TAG_LEN:], max_output_size=MAX_PLAINTEXT
-                )
-            except zstandard.ZstdError as e:
-                raise CorruptObject(name, f"bad compressed data: {e}")
+            dictionary = self._dictionaries(bytes(body[:DICT_TAG_LEN]))
+            return self._dict_decompressor(dictionary), memoryview(body)[DICT_TAG_LEN:]
         raise CorruptObject(name, f"unknown compression {comp}")
+
+
+def _scratch(local: threading.local, name: str, size: int) -> memoryview:
+    """``size`` bytes of a buffer kept per thread, grown to the largest size asked for."""
+    buf: bytearray | None = getattr(local, name, None)
+    if buf is None or len(buf) < size:
+        buf = bytearray(size)
+        setattr(local, name, buf)
+    return memoryview(buf)[:size]
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes | memoryview, /) -> object: ...
+
+
+def _check_header(kind: Kind, envelope: bytes | memoryview, name: str) -> tuple[bytes, int, int]:
+    """(header, version, compression) of an envelope of ``kind``, or the error that makes it unreadable."""
+    if len(envelope) < OVERHEAD:
+        raise CorruptObject(name, "too short to be an envelope")
+    header = bytes(envelope[:HEADER_LEN])
+    version, cipher, comp, got_kind = _HEADER.unpack(header)
+    if version not in READ_VERSIONS:
+        raise UnsupportedVersion(
+            f"{name}: format version {version} is not supported "
+            f"(this resurgo reads {' and '.join(map(str, READ_VERSIONS))})"
+        )
+    if cipher != CIPHER_AES256GCM:
+        raise CorruptObject(name, f"unknown cipher {cipher}")
+    if got_kind != kind:
+        raise CorruptObject(name, f"expected a {Kind(kind).name.lower()} object, found kind {got_kind}")
+    return header, version, comp
 
 
 def peek_header(envelope: bytes | memoryview) -> tuple[int, int, int, int]:

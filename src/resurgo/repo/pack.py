@@ -70,7 +70,7 @@ class PackWriter:
     """
 
     def __init__(self, stage: Callable[[], StagedObject] | None = None) -> None:
-        self._parts: list[bytes | None] = []
+        self._parts: list[bytes | memoryview | None] = []
         self.size = 0
         self.blobs: list[PackedBlob] = []
         self._stage = stage
@@ -86,7 +86,7 @@ class PackWriter:
         """Append a blob; when staged, may return envelopes for the caller to ``spill``."""
         n = len(envelope)
         self.blobs.append(PackedBlob(blob_type, blob_id, self.size, n, raw_length))
-        self._parts.append(envelope if isinstance(envelope, bytes) else bytes(envelope))
+        self._parts.append(envelope)  # bytes or a read-only view (Sealer.seal_view): kept, not copied
         self.size += n
         if self._stage is None or self.size - self._parts_start < SPILL_BYTES:
             return None
@@ -100,7 +100,7 @@ class PackWriter:
     def spill(self, spill: Spill) -> None:
         """Write envelopes ``add`` handed out (any thread; errors surface in ``finish``)."""
         try:
-            self._staged_object().write_at(spill.offset, cast(list[bytes], spill.parts))
+            self._staged_object().write_at(spill.offset, cast(list[bytes | memoryview], spill.parts))
         except BaseException as e:
             with self._cond:
                 self._error = self._error or e
@@ -143,7 +143,7 @@ class PackWriter:
         data = buf.data  # a memoryview of the array, no copy
         return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), data, self.blobs
 
-    def _finish_staged(self, parts: list[bytes | None], total: int) -> tuple[str, None, list[PackedBlob]]:
+    def _finish_staged(self, parts: list[bytes | memoryview | None], total: int) -> tuple[str, None, list[PackedBlob]]:
         with self._cond:
             self._spilling += 1
         self.spill(Spill(self._parts_start, parts))
@@ -175,7 +175,7 @@ class Spill:
     """Envelopes to write at ``offset`` of a staged pack (from ``PackWriter.add``)."""
 
     offset: int
-    parts: list[bytes | None]
+    parts: list[bytes | memoryview | None]
 
 
 def trailer_length(tail: bytes, name: str) -> int:

@@ -536,7 +536,7 @@ class Repository:
         """
         key = (blob_type, bid)
         try:
-            env = self._sealer.seal(
+            env = self._sealer.seal_view(
                 _KIND_OF_TYPE[blob_type], data, blob_context(blob_type, bid), dictionary=dictionary
             )
         except BaseException:
@@ -750,6 +750,25 @@ class Repository:
 
     def verify_blob_id(self, blob_id: bytes, plain: bytes | memoryview) -> bool:
         return self._master.blob_id(plain) == blob_id
+
+    def verify_blob_envelope(self, blob: PackedBlob, envelope: bytes | memoryview, pack_hex: str) -> None:
+        """Raise unless ``envelope`` opens as ``blob`` says: its type, length and content ID.
+
+        What ``open_blob`` and ``verify_blob_id`` check together, without
+        keeping the plaintext (``Sealer.open_digest``): for check --read-data.
+        """
+        name = f"blob {blob.id.hex()} in pack {pack_hex}"
+        kind = _BLOB_KIND.get(blob.type)  # type: ignore[call-overload]  # any int: unknown types are damage
+        if kind is None:
+            raise CorruptObject(name, f"unknown blob type {blob.type}")
+        hasher = blake3.blake3(key=self._master.id_mac)
+        length = self._sealer.open_digest(
+            kind, envelope, blob_context(blob.type, blob.id), hasher, expect=blob.raw_length, name=name
+        )
+        if length != blob.raw_length:
+            raise CorruptObject(name, "length differs from the index")
+        if hasher.digest() != blob.id:
+            raise CorruptObject(f"blob {blob.id.hex()}", "content does not match its ID")
 
     # ------------------------------------------------------------ small objects
 

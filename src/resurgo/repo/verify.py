@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+import blake3
 
 from resurgo.backend import ObjectInfo, layout
 from resurgo.errors import (
@@ -27,15 +30,24 @@ from resurgo.errors import (
 )
 from resurgo.progress import NULL, Reporter
 from resurgo.repo.index import BlobLocation
-from resurgo.repo.pack import PackedBlob, parse_trailer, trailer_length, verify_pack_bytes
+from resurgo.repo.pack import PackedBlob, parse_trailer, trailer_length
 from resurgo.repo.repository import Repository
 
 TAIL_READ = 64 << 10
 THREADS = 4
-# read_data holds a whole pack per thread and its work (hashing, decryption,
-# decompression) runs outside the GIL: one thread per core keeps the CPUs busy
-# (measured on 2 cores: 2 threads beat 3 and 4, with half the memory of 4).
+# read_data's work (hashing, decompression) runs outside the GIL and each
+# thread reads ahead while it verifies: one thread per core keeps the CPUs busy.
 READ_DATA_THREADS = min(4, max(2, os.cpu_count() or 2))
+# Bytes per ranged read of a pack (more when one blob is larger): each thread
+# holds two ranges (one verified, one being read), not a whole pack.
+READ_RANGE = 4 << 20
+# A pack whose blobs average fewer bytes than this is verified by one thread
+# at a time (see ``_Schedule``).
+DENSE_BLOB = 64 << 10
+# Threads of read_data that work while its caller runs Python code (see ``_Schedule``).
+BESIDE_GATE = 1
+# Ranges each read_data thread has requested ahead of the one it verifies.
+READ_AHEAD = 1
 
 
 @dataclass(frozen=True)
@@ -100,14 +112,15 @@ def select_subset(pack_ids: Iterable[str], spec: str | None, rng: random.Random 
     return sorted((rng or random.Random()).sample(ids, min(want, len(ids))))
 
 
-def _pack_infos(repo: Repository) -> dict[str, ObjectInfo]:
-    return {layout.name_of(o.key): o for o in repo.backend.list(layout.DATA)}
-
-
-def _read_trailer(repo: Repository, pack_hex: str, size: int) -> list[PackedBlob]:
-    name = f"pack {pack_hex}"
+def read_trailer(repo: Repository, pack_hex: str, size: int) -> list[PackedBlob]:
+    """The blobs a pack's trailer lists, read with one ranged read of its tail (two for long trailers)."""
     tail_len = min(size, TAIL_READ)
     tail = repo.backend.get(layout.pack(pack_hex), size - tail_len, tail_len)
+    return _trailer_from_tail(repo, pack_hex, size, tail)
+
+
+def _trailer_from_tail(repo: Repository, pack_hex: str, size: int, tail: bytes) -> list[PackedBlob]:
+    name = f"pack {pack_hex}"
     tlen = trailer_length(tail, name)
     if tlen + 4 > size:
         raise CorruptObject(name, "trailer length exceeds the pack")
@@ -118,10 +131,21 @@ def _read_trailer(repo: Repository, pack_hex: str, size: int) -> list[PackedBlob
     return parse_trailer(repo.sealer(), env, pack_size=size, name=name)
 
 
-def check_structure(repo: Repository, report: CheckReport, reporter: Reporter = NULL) -> dict[str, list[PackedBlob]]:
-    """Compare the index with the packs' trailers; returns the trailers read."""
+def list_packs(repo: Repository) -> dict[str, ObjectInfo]:
+    """Every pack in ``data/`` by ID."""
+    return {layout.name_of(o.key): o for o in repo.backend.list(layout.DATA)}
+
+
+def check_structure(
+    repo: Repository, report: CheckReport, reporter: Reporter = NULL, *,
+    packs: dict[str, ObjectInfo] | None = None,
+) -> dict[str, list[PackedBlob]]:
+    """Compare the index with the packs' trailers; returns the trailers read.
+
+    ``packs`` is the listing of ``data/`` (``list_packs``) when the caller has one.
+    """
     repo.load_index()
-    infos = _pack_infos(repo)
+    infos = packs if packs is not None else list_packs(repo)
     by_pack: dict[str, list[BlobLocation]] = {}
     for loc in repo.index.entries():
         by_pack.setdefault(loc.pack_hex, []).append(loc)
@@ -135,7 +159,7 @@ def check_structure(repo: Repository, report: CheckReport, reporter: Reporter = 
     def one(pack_hex: str) -> None:
         nonlocal done
         try:
-            blobs = _read_trailer(repo, pack_hex, infos[pack_hex].size)
+            blobs = read_trailer(repo, pack_hex, infos[pack_hex].size)
         # A damaged version byte reads as an unknown format: a problem to
         # report like any other, not a reason to abort the whole check.
         except (CorruptObject, UnsupportedVersion, BackendError) as e:
@@ -160,53 +184,237 @@ def check_structure(repo: Repository, report: CheckReport, reporter: Reporter = 
 
 def read_data(
     repo: Repository, report: CheckReport, *, subset: str | None = None, reporter: Reporter = NULL,
-    rng: random.Random | None = None,
+    rng: random.Random | None = None, packs: dict[str, ObjectInfo] | None = None,
+    trailers: dict[str, list[PackedBlob]] | None = None, cancel: threading.Event | None = None,
+    dense_after: threading.Event | None = None,
 ) -> None:
-    """Download packs (all, or a subset), verify hashes, decrypt and re-hash every blob."""
-    infos = _pack_infos(repo)
+    """Read packs (all, or a subset), verify hashes, decrypt and re-hash every blob.
+
+    Each pack is streamed in ranged reads of about ``READ_RANGE`` bytes that
+    end on blob boundaries: its trailer comes first (from the tail), then
+    every blob is authenticated, decompressed and re-hashed straight from the
+    range it arrived in, while the pack's own hash is computed over the
+    ranges in order. Each worker thread fetches its next range while it
+    verifies the current one, so memory stays at a few ranges per thread
+    whatever the pack size.
+
+    ``packs`` is the listing of ``data/`` (``list_packs``) and ``trailers``
+    the trailers ``check_structure`` read, when the caller has them: with
+    them, packs of small blobs are told apart (see ``_Schedule``), and
+    ``dense_after`` holds them back until it is set (while the caller runs
+    Python code of its own). ``cancel`` stops the work between ranges.
+    """
+    infos = packs if packs is not None else list_packs(repo)
     chosen = select_subset(infos, subset, rng)
-    sealer = repo.sealer()
+    stop = cancel or threading.Event()
+    known = trailers or {}
+    # Largest first, so that the threads run out of work at about the same time.
+    by_size = sorted(chosen, key=lambda p: infos[p].size, reverse=True)
+    dense = {p for p in chosen if len(known.get(p, ())) * DENSE_BLOB > infos[p].size}
+    schedule = _Schedule([p for p in by_size if p not in dense], [p for p in by_size if p in dense],
+                         stop, dense_after)
+    progress = _ReadProgress(report, reporter, len(chosen))
 
-    def one(pack_hex: str) -> None:
-        key = layout.pack(pack_hex)
-        try:
-            data = repo.backend.get(key)
-        except BackendError as e:
-            report.add("corrupt-pack", key, str(e))
-            return
-        try:
-            verify_pack_bytes(data, pack_hex)
-        except CorruptObject as e:
-            # Report it, then keep going: authenticating each blob says exactly
-            # which blobs of the pack are lost and which can still be salvaged.
-            report.add("corrupt-pack", key, str(e))
-        try:
-            tlen = trailer_length(data, f"pack {pack_hex}")
-            blobs = parse_trailer(sealer, data[len(data) - 4 - tlen : len(data) - 4],
-                                  pack_size=len(data), name=f"pack {pack_hex}")
-        except (CorruptObject, UnsupportedVersion) as e:
-            report.add("corrupt-pack", key, str(e))
-            return
-        mv = memoryview(data)
-        for b in blobs:
-            loc = BlobLocation(b.type, b.id, bytes.fromhex(pack_hex), b.offset, b.length, b.raw_length)
+    def worker() -> None:
+        while (job := schedule.next()) is not None:
+            pack_hex, is_dense = job
             try:
-                plain = repo.open_blob(loc, mv[b.offset : b.offset + b.length])
-                if not repo.verify_blob_id(b.id, plain):
-                    raise CorruptObject(f"blob {b.id.hex()}", "content does not match its ID")
-            except ResurgoError as e:
-                report.add("corrupt-blob", f"blob {b.id.hex()} in {key}", str(e))
-                continue
-            with report._lock:
-                report.blobs_read += 1
-        with report._lock:
-            report.packs_read += 1
-            report.bytes_read += len(data)
-            reporter.progress(packs_read=report.packs_read, packs_total=len(chosen),
-                              bytes_read=report.bytes_read)
+                _read_pack(repo, pack_hex, infos[pack_hex].size, fetch, stop, progress)
+            finally:
+                schedule.done(is_dense)
 
-    with ThreadPoolExecutor(READ_DATA_THREADS) as ex:
-        list(ex.map(one, chosen))
+    with ThreadPoolExecutor(READ_DATA_THREADS) as fetch, ThreadPoolExecutor(READ_DATA_THREADS) as work:
+        futures = [work.submit(worker) for _ in range(READ_DATA_THREADS)]
+        try:
+            for f in futures:
+                f.result()
+        except BaseException:
+            stop.set()
+            raise
+
+
+class _Schedule:
+    """Which pack each ``read_data`` thread verifies next.
+
+    A *dense* pack holds small blobs (under ``DENSE_BLOB`` bytes on average):
+    verifying one is mostly short steps that each take and release the GIL
+    (about 15 µs per blob: decryption, then decompression and hashing, which
+    release it), and two threads doing that wait on each other more than they
+    gain (measured on 2 cores: slower than one thread). So one thread at a
+    time takes dense packs while the others take the rest, whose large blobs
+    keep the C code busy for a millisecond or more per GIL release.
+
+    Until ``gate`` is set (while the caller runs Python code of its own), no
+    dense pack is started and at most ``BESIDE_GATE`` threads work.
+    """
+
+    def __init__(self, sparse: list[str], dense: list[str], stop: threading.Event,
+                 gate: threading.Event | None) -> None:
+        self._sparse = deque(sparse)
+        self._dense = deque(dense)
+        self._stop = stop
+        self._gate = gate
+        self._dense_busy = False
+        self._busy = 0
+        self._cond = threading.Condition()
+
+    def next(self) -> tuple[str, bool] | None:
+        """(pack ID, dense) to verify next; None once nothing is left (or on cancel)."""
+        with self._cond:
+            while True:
+                if self._stop.is_set():
+                    return None
+                gate_open = self._gate is None or self._gate.is_set()
+                if self._dense and gate_open and not self._dense_busy:
+                    self._dense_busy = True
+                    self._busy += 1
+                    return self._dense.popleft(), True
+                if self._sparse and (gate_open or self._busy < BESIDE_GATE):
+                    self._busy += 1
+                    return self._sparse.popleft(), False
+                if not self._dense and not self._sparse:
+                    return None
+                # Wait for a thread to finish its pack, or (polled) for the gate.
+                self._cond.wait(None if gate_open else 0.01)
+
+    def done(self, dense: bool) -> None:
+        with self._cond:
+            self._busy -= 1
+            if dense:
+                self._dense_busy = False
+            self._cond.notify_all()
+
+
+class _ReadProgress:
+    """Counts and problems of ``read_data``, shared by its threads."""
+
+    def __init__(self, report: CheckReport, reporter: Reporter, packs_total: int) -> None:
+        self.report = report
+        self.reporter = reporter
+        self.packs_total = packs_total
+
+    def pack_done(self, problems: list[Problem], blobs: int, size: int, *, complete: bool) -> None:
+        report = self.report
+        with report._lock:
+            report.problems.extend(problems)
+            report.blobs_read += blobs
+            if complete:
+                report.packs_read += 1
+                report.bytes_read += size
+            packs_read, bytes_read = report.packs_read, report.bytes_read
+        if complete:
+            self.reporter.progress(packs_read=packs_read, packs_total=self.packs_total, bytes_read=bytes_read)
+
+
+def _plan_ranges(blobs: list[PackedBlob], end: int) -> list[tuple[int, int]]:
+    """Cut ``[0, end)`` into ranges of about ``READ_RANGE`` bytes at blob boundaries.
+
+    A blob larger than ``READ_RANGE`` gets a range of its own; only a blob
+    that crosses ``end`` is cut (its rest is in the tail already read).
+    """
+    ranges: list[tuple[int, int]] = []
+    start = 0
+    cut = 0  # end of the last blob that fits in the current range
+    for b in blobs:
+        b_end = b.offset + b.length
+        if b.offset >= end:
+            break
+        if b_end - start > READ_RANGE and cut > start:
+            ranges.append((start, cut))
+            start = cut
+        cut = min(b_end, end)
+    if not blobs:
+        ranges = [(a, min(a + READ_RANGE, end)) for a in range(0, end, READ_RANGE)]
+        start = cut = end
+    if cut < end:  # past the last blob: the trailer envelope, unless the tail holds it
+        cut = end
+    if cut > start:
+        ranges.append((start, cut))
+    return ranges
+
+
+def _read_pack(
+    repo: Repository, pack_hex: str, size: int, fetch: ThreadPoolExecutor, stop: threading.Event,
+    progress: _ReadProgress,
+) -> None:
+    key = layout.pack(pack_hex)
+    name = f"pack {pack_hex}"
+    backend = repo.backend
+    pack_problems: list[Problem] = []
+    blob_problems: list[Problem] = []
+    verified = 0
+    if stop.is_set():
+        return
+    try:
+        tail_start = size - min(size, TAIL_READ)
+        tail = backend.get(key, tail_start, size - tail_start)
+    except BackendError as e:
+        progress.pack_done([Problem("corrupt-pack", key, str(e))], 0, size, complete=False)
+        return
+    try:
+        blobs = _trailer_from_tail(repo, pack_hex, size, tail)
+        trailer_error: Problem | None = None
+    except (CorruptObject, UnsupportedVersion, BackendError) as e:
+        blobs, trailer_error = [], Problem("corrupt-pack", key, str(e))
+
+    def verify(blob: PackedBlob, envelope: bytes | memoryview) -> None:
+        nonlocal verified
+        try:
+            repo.verify_blob_envelope(blob, envelope, pack_hex)
+        except ResurgoError as e:
+            blob_problems.append(Problem("corrupt-blob", f"blob {blob.id.hex()} in {key}", str(e)))
+        else:
+            verified += 1
+
+    hasher = blake3.blake3()
+    ranges = _plan_ranges(blobs, tail_start)
+    pending: deque[Future[bytes]] = deque(
+        fetch.submit(backend.get, key, a, b - a) for a, b in ranges[:READ_AHEAD]
+    )
+    i = 0  # next blob to verify
+    carry = b""  # the head of a blob that continues in the tail
+    try:
+        for n, (a, b) in enumerate(ranges):
+            if stop.is_set():
+                return
+            if n + READ_AHEAD < len(ranges):
+                a2, b2 = ranges[n + READ_AHEAD]
+                pending.append(fetch.submit(backend.get, key, a2, b2 - a2))
+            data = pending.popleft().result() if READ_AHEAD else backend.get(key, a, b - a)
+            hasher.update(data)
+            view = memoryview(data)
+            while i < len(blobs) and blobs[i].offset + blobs[i].length <= b:
+                blob = blobs[i]
+                verify(blob, view[blob.offset - a : blob.offset - a + blob.length])
+                i += 1
+            if i < len(blobs) and blobs[i].offset < b:  # crosses into the tail
+                carry = bytes(view[blobs[i].offset - a :])
+            del view, data
+    except BackendError as e:
+        for f in pending:
+            f.cancel()
+        progress.pack_done([Problem("corrupt-pack", key, str(e)), *blob_problems], verified, size,
+                           complete=False)
+        return
+    hasher.update(tail)
+    tail_view = memoryview(tail)
+    while i < len(blobs):
+        blob = blobs[i]
+        if carry:
+            verify(blob, carry + tail_view[: blob.offset + blob.length - tail_start])
+            carry = b""
+        else:
+            verify(blob, tail_view[blob.offset - tail_start : blob.offset - tail_start + blob.length])
+        i += 1
+    got = hasher.hexdigest()
+    if got != pack_hex:
+        # Reported, then the blobs: authenticating each one says exactly which
+        # blobs of the pack are lost and which can still be salvaged.
+        pack_problems.append(Problem("corrupt-pack", key, str(
+            CorruptObject(name, f"content hash mismatch (got {got[:16]}…)"))))
+    if trailer_error is not None:
+        pack_problems.append(trailer_error)
+    progress.pack_done([*pack_problems, *blob_problems], verified, size, complete=True)
 
 
 def check_index_objects(repo: Repository, report: CheckReport) -> None:
