@@ -9,7 +9,7 @@ registered parser sets ``func`` to a ``run(args, ctx) -> int`` function (see
 Start-up: a run imports and registers only the module of the command it was
 given (``_command_in``); ``--help`` without a command, and anything the scan
 cannot tell, gets the full parser. Every command would otherwise pay for
-importing and building all the others (~35 ms of CPU; docs/design.md,
+importing and building all the others (~15 ms of CPU; docs/design.md,
 "Start-up").
 
 Errors: a ``ResurgoError`` becomes one line ``resurgo: error: <message>`` on
