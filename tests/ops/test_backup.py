@@ -435,6 +435,40 @@ def test_an_unchanged_file_whose_atime_moved_is_not_read_but_gets_its_new_atime(
     assert content_of(repo, node) == b"some content"
 
 
+def test_an_xattr_set_changed_or_removed_on_an_unchanged_file_reaches_the_next_snapshot(
+    repo, tmp_path
+):
+    # Unchanged files are not listed for xattrs again: the ctime that every
+    # xattr change moves is what tells them apart.
+    src = tmp_path / "src"
+    src.mkdir()
+    f = src / "f"
+    f.write_bytes(b"some content")
+    try:
+        os.setxattr(f, b"user.note", b"one")
+    except OSError as e:
+        pytest.skip(f"no user xattrs here: {e}")
+    backup_paths(repo, [src])
+
+    def recorded() -> dict[bytes, bytes]:
+        return nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(f)].xattrs
+
+    assert recorded() == {b"user.note": b"one"}
+    for change, want in [
+        (lambda: os.setxattr(f, b"user.note", b"two"), {b"user.note": b"two"}),
+        (lambda: os.setxattr(f, b"user.more", b"x"), {b"user.note": b"two", b"user.more": b"x"}),
+        (lambda: os.removexattr(f, b"user.note"), {b"user.more": b"x"}),
+    ]:
+        before = f.stat()
+        change()
+        assert f.stat().st_ctime_ns != before.st_ctime_ns or pytest.fail("ctime did not move")
+        s = backup_paths(repo, [src])
+        assert s.files_changed == 1  # a moved ctime means "read again"
+        assert recorded() == want
+    s = backup_paths(repo, [src])
+    assert recorded() == {b"user.more": b"x"} and s.files_unchanged == 1
+
+
 def test_a_small_file_grown_large_before_its_opening_is_stored_whole(repo, tmp_path, monkeypatch):
     src = tmp_path / "src"
     src.mkdir()

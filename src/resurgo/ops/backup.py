@@ -48,7 +48,6 @@ from resurgo.snapshot.fsmeta import (
     holes_from_extents,
     node_from_path,
     open_for_backup,
-    read_xattrs,
     show_path,
     user_name,
 )
@@ -522,22 +521,31 @@ class _Backup:
             node.size, node.mtime_ns, node.ctime_ns, node.inode, node.device_id
         ):
             return False
+        return self._blobs_present(old)
+
+    def _blobs_present(self, old: Node) -> bool:
         # A blob that left the index (damage, or an old parent) forces a re-read.
         has_blob = self.repo.has_blob
         return all(has_blob(BlobType.DATA, b) for b in old.content)
 
-    def _same_as_before(self, path: bytes, st: os.stat_result, old: Node) -> bool:
+    def _same_as_before(self, st: os.stat_result, old: Node) -> bool:
         """Whether a regular file is unchanged (as ``_unchanged``) and its node would
-        equal ``old`` field for field, xattrs included."""
+        equal ``old`` field for field.
+
+        The extended attributes are not listed again: setting or removing one
+        changes the ctime, which must equal the parent's here (as must the inode
+        and device), so the parent's xattrs still hold. Skipping the listxattr
+        call is a fifth of the per-file cost of a no-change backup.
+        """
         return (
             st.st_mtime_ns == old.mtime_ns and st.st_ctime_ns == old.ctime_ns
             and st.st_size == old.size and st.st_ino == old.inode and st.st_dev == old.device_id
             and st.st_atime_ns == old.atime_ns and stat.S_IMODE(st.st_mode) == old.mode
             and st.st_uid == old.uid and st.st_gid == old.gid and st.st_nlink == old.nlink
             and old.rdev == 0 and old.linktarget is None and old.subtree is None
+            and not old.error and not self.opts.force
             and user_name(st.st_uid) == old.user and group_name(st.st_gid) == old.group
-            and self._unchanged(old, old)
-            and read_xattrs(path) == old.xattrs
+            and self._blobs_present(old)
         )
 
     def _stop_requested(self) -> bool:
@@ -554,7 +562,7 @@ class _Backup:
                    old: Node | None, tally: _Tally) -> None:
         """Add one non-directory entry of ``job``: a finished node, or a future for a large file."""
         if (old is not None and old.type is NodeType.FILE and stat.S_ISREG(st.st_mode)
-                and self._same_as_before(path, st, old)):
+                and self._same_as_before(st, old)):
             # The parent's node describes the file exactly (content and
             # metadata): keep it as it is, so the directory's comparison with
             # the parent tree is quick and no node is built.

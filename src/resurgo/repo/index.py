@@ -246,32 +246,44 @@ class MemoryIndex:
 
     # -- queries ---------------------------------------------------------------
 
+    def _row(self, blob_type: int, blob_id: bytes) -> int:
+        """The sorted arrays' row of (type, ID), or -1. Caller holds the lock."""
+        pfx = (blob_id[0] << 8) | blob_id[1]
+        lo, hi = self._bucket[pfx], self._bucket[pfx + 1]
+        mv = self._id_mv
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if mv[mid * 32 : mid * 32 + 32].tobytes() < blob_id:
+                lo = mid + 1
+            else:
+                hi = mid
+        types = self._type_mv
+        n = len(types)
+        # The same ID may be stored as a data and as a tree blob: adjacent rows.
+        while lo < n and mv[lo * 32 : lo * 32 + 32] == blob_id:
+            if types[lo] == blob_type:
+                return lo
+            lo += 1
+        return -1
+
     def lookup(self, blob_type: int, blob_id: bytes) -> BlobLocation | None:
         with self._lock:
             r = self._recent.get((blob_type, blob_id))
             if r is not None:
                 return BlobLocation(blob_type, blob_id, self._packs[r[0]], r[1], r[2], r[3])
-            pfx = (blob_id[0] << 8) | blob_id[1]
-            lo, hi = self._bucket[pfx], self._bucket[pfx + 1]
-            mv = self._id_mv
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if mv[mid * 32 : mid * 32 + 32].tobytes() < blob_id:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            n = len(self._type_mv)
-            while lo < n and mv[lo * 32 : lo * 32 + 32] == blob_id:
-                if self._type_mv[lo] == blob_type:
-                    return BlobLocation(
-                        blob_type, blob_id, self._packs[self._pack_mv[lo]],
-                        self._off_mv[lo], self._len_mv[lo], self._raw_mv[lo],
-                    )
-                lo += 1
-            return None
+            row = self._row(blob_type, blob_id)
+            if row < 0:
+                return None
+            return BlobLocation(
+                blob_type, blob_id, self._packs[self._pack_mv[row]],
+                self._off_mv[row], self._len_mv[row], self._raw_mv[row],
+            )
 
     def has(self, blob_type: int, blob_id: bytes) -> bool:
-        return self.lookup(blob_type, blob_id) is not None
+        # No BlobLocation is built: a backup asks this once per chunk of every
+        # unchanged file.
+        with self._lock:
+            return (blob_type, blob_id) in self._recent or self._row(blob_type, blob_id) >= 0
 
     def __len__(self) -> int:
         with self._lock:

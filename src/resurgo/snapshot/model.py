@@ -278,11 +278,13 @@ class _Invalid(Exception):
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Invalid(f"duplicate JSON key {key!r}")
-        out[key] = value
+    # Built in C, then a count comparison: a duplicate key is the only way the
+    # dict can come out smaller than the pair list.
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise _Invalid(f"duplicate JSON key {dup!r}")
     return out
 
 
