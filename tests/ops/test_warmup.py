@@ -59,3 +59,16 @@ def test_stop_ends_the_thread_between_entries(tmp_path: Path, monkeypatch):
     w.stop()
     assert not w._thread.is_alive()
     assert w.entries == 0  # stopped before the first entry of the first listing
+
+
+def test_directories_keep_their_atimes(tmp_path: Path):
+    # The backup records directory atimes after the warm-up has listed them.
+    make_tree(tmp_path, 3, 2)
+    dirs = [tmp_path, *(p for p in tmp_path.rglob("*") if p.is_dir())]
+    old = 1_000_000_000 * 10**9
+    for d in dirs:
+        os.utime(d, ns=(old, d.stat().st_mtime_ns))
+    w = MetadataWarmup([tmp_path]).start()
+    w._thread.join(timeout=30)
+    assert w.entries == 3 * 4
+    assert [d.stat().st_atime_ns for d in dirs] == [old] * len(dirs)
