@@ -53,8 +53,9 @@ def register(subparsers: Subparsers) -> None:
                    "snapshot")
     p.add_argument("--numeric-ids", action="store_true",
                    help="restore owners by the recorded numeric ids, not by user/group name")
-    p.add_argument("--threads", type=int, default=4, metavar="N",
-                   help="parallel downloads (default: 4)")
+    # The default is resurgo.ops.restore.DEFAULT_THREADS (not imported here either).
+    p.add_argument("--threads", type=int, default=2, metavar="N",
+                   help="parallel downloads (default: 2; more can help with a remote repository)")
     add_filter_options(p)
     p.set_defaults(func=run)
 

@@ -22,9 +22,10 @@ Phases, in order:
 3. **Fetch**: every needed blob, deduplicated by ID, grouped by pack; each
    pack is read with as few ranged gets as its layout allows (blobs closer
    than ``MAX_GAP`` share one get), by a pool of threads, one range and one
-   decoded blob in memory per thread (``_Jobs`` decides which thread takes
-   which range). Each blob is authenticated, checked against its ID and
-   written (``pwrite``) to every place it belongs. A file whose last chunk
+   decoded large blob (or up to ``_SMALL_BATCH`` bytes of small ones) in
+   memory per thread (``_Jobs`` decides which thread takes which range).
+   Each blob is authenticated, checked against its ID and written
+   (``pwrite``) to every place it belongs. A file whose last chunk
    arrives is given its metadata through its descriptor and renamed into
    place; a fresh file is created (anonymously where the file system can),
    written, finished and linked in by one thread in one go.
@@ -89,9 +90,23 @@ MAX_RANGE = 4 << 20
 # hundred files, so the threads share them evenly (see _Jobs).
 MAX_RANGE_BLOBS = 256
 # Ranges whose blobs average less than this (stored) are "many-blob" ranges,
-# and at most _MANY_BLOB_THREADS threads work on those at a time (see _Jobs).
+# and at most _MANY_BLOB_THREADS threads work on those at a time (see _Jobs):
+# one, so that the small files' Python work and system calls never wait for
+# the interpreter lock of another thread doing the same.
 _SMALL_BLOB = 64 << 10
-_MANY_BLOB_THREADS = 2
+_MANY_BLOB_THREADS = 1
+# Blobs shorter than _SMALL_BLOB are decoded a batch at a time, up to this
+# many bytes of plaintext, and then written: decoding them back to back keeps
+# the zstd dictionary most of them refer to in the CPU caches, which the
+# system calls of writing a file in between would evict (a small blob decoded
+# between two file creations costs about twice as much).
+_SMALL_BATCH = 1 << 20
+# Fetch threads unless told otherwise: one for the ranges of small files and
+# one for the large blobs (which mostly wait for the disk and in C code, the
+# interpreter lock released). On two cores more threads only hand the lock
+# back and forth and hold more ranges in memory; a remote repository, whose
+# gets wait on the network, may want more (``threads``).
+DEFAULT_THREADS = 2
 TMP_PREFIX = b".resurgo-tmp-"
 _READ_BLOCK = 4 << 20
 _PROGRESS_EVERY = 0.1  # seconds
@@ -1058,8 +1073,9 @@ class _Restore:
             self._range_job(*job)
 
     def _range_job(self, pack_id: bytes, start: int, end: int, locs: list[BlobLocation]) -> None:
-        """One ranged get; each blob in it decoded, verified and written where it belongs
-        before the next one is decoded (one decoded blob in memory per thread)."""
+        """One ranged get; each blob in it decoded and verified, then written where it
+        belongs: a large one before the next blob is decoded (one decoded large blob
+        in memory per thread), small ones in batches of up to ``_SMALL_BATCH`` bytes."""
         if self._stop.is_set():
             return
         if self.should_stop():
@@ -1077,7 +1093,9 @@ class _Restore:
             self.summary.packs_read += 1
             self.summary.bytes_downloaded += len(data)
         view = memoryview(data)
-        repo, want = self.repo, self._want
+        repo = self.repo
+        batch: list[tuple[bytes, bytes]] = []  # decoded small blobs not written yet
+        batched = 0
         for loc in locs:
             if self._stop.is_set():
                 return
@@ -1089,12 +1107,33 @@ class _Restore:
             except CorruptObject as exc:
                 self._blob_damaged(loc.id, str(exc))
                 continue
-            for e, chunk in want[loc.id]:
-                if e.fresh:
-                    self._write_new(e, chunk, plain)
-                else:
-                    self._write_chunk(e, chunk, plain)
+            if len(plain) < _SMALL_BLOB:
+                batch.append((loc.id, plain))
+                batched += len(plain)
+                if batched < _SMALL_BATCH:
+                    continue
+            else:
+                self._write_blob(loc.id, plain)
             del plain
+            self._write_batch(batch)
+            batched = 0
+        self._write_batch(batch)
+
+    def _write_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
+        """Write the decoded blobs of ``batch`` and empty it."""
+        for blob_id, plain in batch:
+            if self._stop.is_set():
+                break
+            self._write_blob(blob_id, plain)
+        batch.clear()
+
+    def _write_blob(self, blob_id: bytes, plain: bytes) -> None:
+        """Write a decoded, verified blob to every place it belongs."""
+        for e, chunk in self._want[blob_id]:
+            if e.fresh:
+                self._write_new(e, chunk, plain)
+            else:
+                self._write_chunk(e, chunk, plain)
 
     def _write_chunk(self, e: _Entry, chunk: _Chunk, plain: bytes) -> None:
         """Write one chunk of ``e``; the write that completes the file gives it its
@@ -1383,7 +1422,7 @@ def restore_snapshot(
     verify: bool = False,
     owner: bool | None = None,
     numeric_ids: bool = False,
-    threads: int = 4,
+    threads: int = DEFAULT_THREADS,
     reporter: Reporter = NULL,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> RestoreSummary:
@@ -1495,7 +1534,7 @@ def verify_restore(
     subpath: bytes = b"",
     includes: Sequence[str] = (),
     excludes: Sequence[str] = (),
-    threads: int = 4,
+    threads: int = DEFAULT_THREADS,
     reporter: Reporter = NULL,
 ) -> RestoreSummary:
     """Check the regular files under ``target`` against the snapshot (as a restore with
