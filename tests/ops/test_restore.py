@@ -694,6 +694,19 @@ def test_large_blobs_are_written_before_the_next_decode_and_small_ones_in_bounde
     assert kinds["write"] == len(refs) > len(set(refs))
 
 
+def test_default_threads_are_two_for_a_local_repository_and_four_for_a_remote_one(tmp_path):
+    from types import SimpleNamespace
+
+    from resurgo.ops.restore import default_threads, is_remote
+
+    local = new_repo(LocalBackend(tmp_path / "repo"))
+    assert (is_remote(local), default_threads(local)) == (False, 2)
+    for url, remote in [("s3://bucket/prefix?endpoint=http://x", True), ("sftp://me@host/r", True),
+                        ("memory://", False), ("/srv/repo", False)]:
+        repo = SimpleNamespace(backend=SimpleNamespace(url=url))
+        assert (is_remote(repo), default_threads(repo)) == (remote, 4 if remote else 2), url  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])
 def test_new_files_get_their_exact_modes_owners_and_times_whatever_the_umask(
         repo, tmp_path, umask):

@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from resurgo.backend.registry import REMOTE_SCHEMES
 from resurgo.errors import (
     EXIT_DAMAGE,
     BlobNotFound,
@@ -90,23 +91,24 @@ MAX_RANGE = 4 << 20
 # hundred files, so the threads share them evenly (see _Jobs).
 MAX_RANGE_BLOBS = 256
 # Ranges whose blobs average less than this (stored) are "many-blob" ranges,
-# and at most _MANY_BLOB_THREADS threads work on those at a time (see _Jobs):
-# one, so that the small files' Python work and system calls never wait for
-# the interpreter lock of another thread doing the same.
+# and only some of the threads work on those at a time (see _Jobs).
 _SMALL_BLOB = 64 << 10
-_MANY_BLOB_THREADS = 1
 # Blobs shorter than _SMALL_BLOB are decoded a batch at a time, up to this
-# many bytes of plaintext, and then written: decoding them back to back keeps
-# the zstd dictionary most of them refer to in the CPU caches, which the
-# system calls of writing a file in between would evict (a small blob decoded
-# between two file creations costs about twice as much).
+# many bytes of plaintext, and then written: decoding and creating files
+# alternate less often, so the decoder's tables and the zstd dictionary stay
+# in the CPU caches from one blob to the next (in side-by-side restores of the
+# benchmark dataset this took less CPU than writing each one as decoded).
 _SMALL_BATCH = 1 << 20
-# Fetch threads unless told otherwise: one for the ranges of small files and
-# one for the large blobs (which mostly wait for the disk and in C code, the
-# interpreter lock released). On two cores more threads only hand the lock
-# back and forth and hold more ranges in memory; a remote repository, whose
-# gets wait on the network, may want more (``threads``).
-DEFAULT_THREADS = 2
+# The fetch threads unless told otherwise, and how many of them at most work
+# on many-blob ranges at a time (see _Jobs). A local repository: one thread
+# for the ranges of small files while large blobs remain, and one for
+# those (it mostly waits for the disk, or in C code with the interpreter
+# lock released); a second thread on small files, or more threads, would
+# only hand the lock back and forth after every system call and hold more
+# ranges in memory. A remote repository (REMOTE_SCHEMES): more,
+# because each get waits for a round trip on the network.
+LOCAL_THREADS = (2, 1)
+REMOTE_THREADS = (4, 2)
 TMP_PREFIX = b".resurgo-tmp-"
 _READ_BLOCK = 4 << 20
 _PROGRESS_EVERY = 0.1  # seconds
@@ -1041,8 +1043,9 @@ class _Restore:
         for users in self._want.values():
             loc = users[0][1].loc
             by_pack[loc.pack_id].append(loc)
+        max_many = (REMOTE_THREADS if is_remote(self.repo) else LOCAL_THREADS)[1]
         jobs = _Jobs([(pid, *rng) for pid, locs in by_pack.items() for rng in _ranges(locs)],
-                     max_many=_MANY_BLOB_THREADS)
+                     max_many=max_many)
         if not jobs:
             return
         n = min(self.threads, len(jobs))
@@ -1393,6 +1396,17 @@ def _ranges(locs: list[BlobLocation]) -> list[tuple[int, int, list[BlobLocation]
     return out
 
 
+def is_remote(repo: Repository) -> bool:
+    """Whether ``repo`` is reached over a network (an s3:// or sftp:// URL)."""
+    scheme, sep, _ = repo.backend.url.partition("://")
+    return bool(sep) and scheme in REMOTE_SCHEMES
+
+
+def default_threads(repo: Repository) -> int:
+    """The fetch threads a restore from ``repo`` uses unless told otherwise."""
+    return (REMOTE_THREADS if is_remote(repo) else LOCAL_THREADS)[0]
+
+
 def _open_target(target: bytes) -> tuple[int, bool]:
     """The target's descriptor, and whether this call created it."""
     created = False
@@ -1422,7 +1436,7 @@ def restore_snapshot(
     verify: bool = False,
     owner: bool | None = None,
     numeric_ids: bool = False,
-    threads: int = DEFAULT_THREADS,
+    threads: int | None = None,
     reporter: Reporter = NULL,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> RestoreSummary:
@@ -1446,6 +1460,8 @@ def restore_snapshot(
                          + ", ".join(OVERWRITE_MODES))
     if owner is None:
         owner = os.geteuid() == 0
+    if threads is None:
+        threads = default_threads(repo)
     with _collector_paused():
         return _restore(repo, snap, os.fsencode(target), subpath=subpath, includes=includes,
                         excludes=excludes, overwrite=overwrite, verify=verify, owner=owner,
@@ -1534,7 +1550,7 @@ def verify_restore(
     subpath: bytes = b"",
     includes: Sequence[str] = (),
     excludes: Sequence[str] = (),
-    threads: int = DEFAULT_THREADS,
+    threads: int | None = None,
     reporter: Reporter = NULL,
 ) -> RestoreSummary:
     """Check the regular files under ``target`` against the snapshot (as a restore with
@@ -1549,7 +1565,8 @@ def verify_restore(
         raise RestoreError(f"cannot open {fsmeta.show_path(os.fsencode(target))}: "
                            f"{exc.strerror or exc}") from exc
     r = _Restore(repo, entries, os.fsencode(target), root_fd, overwrite="never", owner=False, numeric_ids=False,
-                 threads=threads, reporter=reporter, should_stop=lambda: False)
+                 threads=default_threads(repo) if threads is None else threads, reporter=reporter,
+                 should_stop=lambda: False)
     try:
         files = [e for e in entries if e.node.type is NodeType.FILE]
         bad = r.verify(files)
