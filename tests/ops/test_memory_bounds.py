@@ -1,6 +1,6 @@
 """Bounded memory in the hot paths: one large file is read at a time.
 
-(Restore's bound, one decoded blob per thread, is tested in test_restore.py.)
+(Restore's bound -- per thread one decoded large blob, or a batch of small ones -- is tested in test_restore.py.)
 """
 
 from __future__ import annotations

@@ -640,7 +640,8 @@ def test_overwrite_if_changed_replaces_a_file_standing_where_a_directory_belongs
 # --- how files are written ------------------------------------------------------------------------
 
 
-def test_each_blob_is_written_before_the_next_one_is_decoded(tmp_path, monkeypatch):
+def test_large_blobs_are_written_before_the_next_decode_and_small_ones_in_bounded_batches(
+        tmp_path, monkeypatch):
     repo = new_repo()
     src = tmp_path / "src"
     src.mkdir()
@@ -650,31 +651,60 @@ def test_each_blob_is_written_before_the_next_one_is_decoded(tmp_path, monkeypat
     make_small_files(src / "small", 30, size=500)
     (src / "small" / "d0" / "copy").write_bytes((src / "small" / "d0" / "f0").read_bytes())
     snap = backup(repo, src)
-    events: list[str] = []
+    events: list[tuple[str, bytes, int]] = []
     real_open, real_write = repo.open_blob, restore_mod._write_pieces
 
     def open_blob(loc, env):
         if loc.type == BlobType.DATA:
-            events.append("decode")
+            events.append(("decode", loc.id, loc.raw_length))
         return real_open(loc, env)
 
     def write_pieces(fd, chunk, plain):
-        events.append("write")
+        events.append(("write", chunk.blob_id, len(plain)))
         real_write(fd, chunk, plain)
 
+    batch = 2000  # a few of the small files per batch
     monkeypatch.setattr(repo, "open_blob", open_blob)
     monkeypatch.setattr(restore_mod, "_write_pieces", write_pieces)
+    monkeypatch.setattr(restore_mod, "_SMALL_BLOB", 1024)  # the small files, not the chunks
+    monkeypatch.setattr(restore_mod, "_SMALL_BATCH", batch)
     restore_snapshot(repo, snap, tmp_path / "dst", subpath=sub(src), threads=1)
     assert files_under(tmp_path / "dst") == files_under(src)
-    # One thread: every decoded blob is written (once per file using it) before
-    # the next blob is decoded, so a thread never holds more than one.
-    assert events.count("decode") > 40
-    assert "decode decode" not in " ".join(events)
+    # One thread: a large blob is written (once per file using it) before the
+    # next blob is decoded; small ones wait to be written in batches of less
+    # than _SMALL_BATCH bytes plus one blob.
+    unwritten: dict[bytes, int] = {}
+    largest_batch = 0
+    for i, (what, bid, n) in enumerate(events):
+        if what == "decode":
+            if n >= 1024:
+                assert events[i + 1][:2] == ("write", bid)
+            else:
+                unwritten[bid] = n
+                largest_batch = max(largest_batch, sum(unwritten.values()))
+        else:
+            unwritten.pop(bid, None)
+    assert not unwritten
+    assert batch <= largest_batch < batch + 1024
     # Each blob is decoded once and written once per place that uses it: the
     # copy shares f0's blob, and tiny chunks of the log may repeat.
     refs = [b for _, n in walk_tree(repo, snap.tree) if n.type == NodeType.FILE for b in n.content]
-    assert events.count("decode") == len(set(refs))
-    assert events.count("write") == len(refs) > len(set(refs))
+    kinds = Counter(what for what, _, _ in events)
+    assert kinds["decode"] == len(set(refs)) > 40
+    assert kinds["write"] == len(refs) > len(set(refs))
+
+
+def test_default_threads_are_two_for_a_local_repository_and_four_for_a_remote_one(tmp_path):
+    from types import SimpleNamespace
+
+    from resurgo.ops.restore import default_threads, is_remote
+
+    local = new_repo(LocalBackend(tmp_path / "repo"))
+    assert (is_remote(local), default_threads(local)) == (False, 2)
+    for url, remote in [("s3://bucket/prefix?endpoint=http://x", True), ("sftp://me@host/r", True),
+                        ("memory://", False), ("/srv/repo", False)]:
+        repo = SimpleNamespace(backend=SimpleNamespace(url=url))
+        assert (is_remote(repo), default_threads(repo)) == (remote, 4 if remote else 2), url  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o000])

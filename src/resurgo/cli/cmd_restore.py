@@ -53,14 +53,14 @@ def register(subparsers: Subparsers) -> None:
                    "snapshot")
     p.add_argument("--numeric-ids", action="store_true",
                    help="restore owners by the recorded numeric ids, not by user/group name")
-    p.add_argument("--threads", type=int, default=4, metavar="N",
-                   help="parallel downloads (default: 4)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="parallel downloads (default: 2 for a local repository, 4 for a remote one)")
     add_filter_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
     ref, path = split_ref(args.snapshot)
     repo = ctx.open_repo(write=False)
