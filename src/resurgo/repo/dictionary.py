@@ -20,7 +20,8 @@ Writer policy (not format; readers accept any dictionary an envelope names):
   and keeps it only if it compresses samples it was not trained on at least
   ``MIN_GAIN`` better than zstd alone (``train``). The dictionary is stored, durably,
   before any blob that needs it is sealed; then the kept-back blobs and every
-  later data blob are sealed with it. Blobs larger than ``SAMPLE_MAX`` are never
+  later data blob are sealed with it (small blobs saved during the training
+  wait for it). Blobs larger than ``SAMPLE_MAX`` are never
   kept back. A writer that flushes with less than a full sample seals what it
   kept back without a dictionary.
 * Dictionaries are never deleted (prune leaves ``dicts/`` alone): a
@@ -109,7 +110,6 @@ class DictionaryStore:
         self._writing: Dictionary | None = None
         self._samples: Batch = []
         self._sample_bytes = 0
-        self._late: Batch = []
         self.sample_bytes = SAMPLE_BYTES
         self.sample_max = SAMPLE_MAX
 
@@ -183,14 +183,18 @@ class DictionaryStore:
                 self._start()
             if self._state in (_READY, _OFF) or len(data) > self.sample_max:
                 return self._writing, [(blob_id, data)]
-        # Collecting (or training): judge and copy the blob outside the lock.
-        keep = bytes(data) if self._worth_keeping(data) else None
+        # Collecting (or training): judge the blob outside the lock.
+        worth = self._worth_keeping(data)
         with self._cond:
-            if keep is None or self._state in (_READY, _OFF):
+            # While the dictionary is trained, a small blob that would use it
+            # waits for it (a fraction of a second, the other cores busy with
+            # the large files), rather than being copied and kept back: that
+            # cost megabytes of copies, then sealing them all on one thread.
+            while worth and self._state == _TRAINING:
+                self._cond.wait()
+            if not worth or self._state in (_READY, _OFF):
                 return self._writing, [(blob_id, data)]
-            if self._state == _TRAINING:
-                self._late.append((blob_id, keep))
-                return None
+            keep = bytes(data)
             self._samples.append((blob_id, keep))
             self._sample_bytes += len(keep)
             if self._sample_bytes < self.sample_bytes:
@@ -204,8 +208,6 @@ class DictionaryStore:
             with self._cond:
                 self._state = _READY if dictionary is not None else _OFF
                 self._writing = dictionary
-                batch += self._late
-                self._late = []
                 self._cond.notify_all()
         return dictionary, batch
 
