@@ -70,8 +70,8 @@ CHUNKS_IN_FLIGHT_PER_SAVER = 2
 # New bytes read per refill of a large file's stream buffer, and the room left
 # in it for the unfinished chunk carried over from the other buffer (a few
 # average chunks; a longer one makes the buffer grow while it lasts).
-STREAM_BLOCK = 4 << 20
-STREAM_TAIL_ROOM = 2 << 20
+STREAM_BLOCK = 2 << 20
+STREAM_TAIL_ROOM = 1 << 20
 # Directories scanned at once, per scanner thread: enough that a scanner never
 # waits for the walk to hand it the next directory.
 SCANS_IN_FLIGHT_PER_SCANNER = 4
