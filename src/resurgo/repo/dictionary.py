@@ -20,10 +20,13 @@ Writer policy (not format; readers accept any dictionary an envelope names):
   and keeps it only if it compresses samples it was not trained on at least
   ``MIN_GAIN`` better than zstd alone (``train``). The dictionary is stored, durably,
   before any blob that needs it is sealed; then the kept-back blobs and every
-  later data blob are sealed with it (small blobs saved during the training
-  wait for it). Blobs larger than ``SAMPLE_MAX`` are never
-  kept back. A writer that flushes with less than a full sample seals what it
-  kept back without a dictionary.
+  later small data blob are sealed with it (small blobs saved during the
+  training wait for it). Blobs larger than ``SAMPLE_MAX`` are never kept back
+  and never use the dictionary: a dictionary trained on small files gains a
+  few percent on large chunks, for zstd's slower dictionary path and a
+  megabyte-sized context per compressing thread (docs/benchmarks.md). A
+  writer that flushes with less than a full sample seals what it kept back
+  without a dictionary.
 * Dictionaries are never deleted (prune leaves ``dicts/`` alone): a
   repository holds one, or a few if several writers started at once.
 """
@@ -176,12 +179,14 @@ class DictionaryStore:
         of a later call, or of ``release``. The batch holds the blob itself,
         plus, once training ends, the blobs kept back.
         """
+        if len(data) > self.sample_max:
+            return None, [(blob_id, data)]
         with self._cond:
             if self._state == _READY:
                 return self._writing, [(blob_id, data)]
             if self._state == _UNKNOWN:
                 self._start()
-            if self._state in (_READY, _OFF) or len(data) > self.sample_max:
+            if self._state in (_READY, _OFF):
                 return self._writing, [(blob_id, data)]
         # Collecting (or training): judge the blob outside the lock.
         worth = self._worth_keeping(data)
