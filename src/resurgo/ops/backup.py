@@ -22,6 +22,7 @@ the backup and no snapshot is written.
 
 from __future__ import annotations
 
+import gc
 import getpass
 import os
 import queue
@@ -33,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -946,6 +948,38 @@ def backup_paths(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> BackupSummary:
     """Back up ``paths`` and save a snapshot. Warnings are in the summary."""
+    with _collector_paused():
+        return _backup_paths(repo, paths, opts, reporter=reporter, should_stop=should_stop)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while backing up.
+
+    A backup holds a node per file until its directory is saved, and creates
+    almost no reference cycles (8 unreachable objects after the benchmark's
+    20,000 files); the collector only traversed the growing set of nodes again
+    and again, with every thread stopped (0.27 s of the initial backup). It is
+    enabled again afterwards, and collects then whatever other threads left
+    meanwhile.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _backup_paths(
+    repo: Repository,
+    paths: Sequence[str | bytes],
+    opts: BackupOptions | None,
+    *,
+    reporter: Reporter,
+    should_stop: Callable[[], bool],
+) -> BackupSummary:
     opts = opts or BackupOptions()
     targets = normalize_targets(paths)
     if not targets:
