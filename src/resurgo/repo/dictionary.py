@@ -228,7 +228,7 @@ class DictionaryStore:
         """Whether a small blob compresses on its own (else a dictionary will not help it)."""
         assert self._sealer is not None
         n = len(data)
-        return n > 64 and len(self._sealer.compressor().compress(data)) < n - n // 16
+        return n > 64 and len(self._sealer.compress(data)) < n - n // 16
 
     def _start(self) -> None:
         """First data blob of this writer: use a stored dictionary, or start collecting."""
