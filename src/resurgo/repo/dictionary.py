@@ -69,17 +69,29 @@ def train(samples: list[bytes], level: int, *, size: int = DICT_SIZE) -> bytes |
     trial = _train([s for i, s in enumerate(samples) if i % 4 != 3], level, size)
     if trial is None:
         return None
-    plain_c = zstandard.ZstdCompressor(level=level)
-    plain = sum(min(len(plain_c.compress(s)), len(s)) for s in held_out)
+    plain = _stored(zstandard.ZstdCompressor(level=level), held_out, 0)
     d = Dictionary(bytes(DICT_TAG_LEN), trial)
     with_dict = 0
-    for s in held_out:
-        lvl = min(level + 1, 22) if len(s) <= SMALL_BLOB else level
-        c = zstandard.ZstdCompressor(dict_data=d.for_level(lvl), write_dict_id=False)
-        with_dict += min(len(c.compress(s)) + DICT_TAG_LEN, len(s))
+    for lvl, group in ((min(level + 1, 22), [s for s in held_out if len(s) <= SMALL_BLOB]),
+                       (level, [s for s in held_out if len(s) > SMALL_BLOB])):
+        if group:
+            c = zstandard.ZstdCompressor(dict_data=d.for_level(lvl), write_dict_id=False)
+            with_dict += _stored(c, group, DICT_TAG_LEN)
     if with_dict > plain * (1 - MIN_GAIN):
         return None
     return _train(samples, level, size)
+
+
+def _stored(c: zstandard.ZstdCompressor, samples: list[bytes], overhead: int) -> int:
+    """What ``samples`` would store compressed with ``c`` (raw where that is smaller).
+
+    One call for all of them: a writer trains while its other threads run, and
+    a call per sample would wait for the GIL after each one (the training of
+    the benchmark's first 2 MiB took 0.8 s instead of 0.15 s).
+    """
+    buffers: list[bytes | bytearray | memoryview] = list(samples)
+    frames = c.multi_compress_to_buffer(buffers, threads=1)
+    return sum(min(len(frames[i]) + overhead, len(s)) for i, s in enumerate(samples))
 
 
 def _train(samples: list[bytes], level: int, size: int) -> bytes | None:
