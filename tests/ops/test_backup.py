@@ -390,10 +390,9 @@ def test_stop_request_ends_a_stream_command_without_a_snapshot(repo):
     assert repo.list_objects("snapshots") == []
 
 
-@pytest.mark.parametrize(("block", "room"), [(30_000, 20_000), (1000, 0)],
-                         ids=["tail-fits", "buffers-grow"])
+@pytest.mark.parametrize("buffer", [30_000, 1000], ids=["larger-than-a-chunk", "one-max-chunk"])
 def test_large_files_stream_through_small_buffers_into_the_same_chunks_as_a_whole_cut(
-    repo, tmp_path, monkeypatch, block, room
+    repo, tmp_path, monkeypatch, buffer
 ):
     src = tmp_path / "src"
     src.mkdir()
@@ -405,10 +404,9 @@ def test_large_files_stream_through_small_buffers_into_the_same_chunks_as_a_whol
     )
     (src / "big").write_bytes(data)
     monkeypatch.setattr(backup_mod, "PARALLEL_FILE_BYTES", 50_000)
-    # Many refills, carries of every length; blocks smaller than the largest
-    # chunk (8 KiB here) make the buffers grow while such a chunk is cut.
-    monkeypatch.setattr(backup_mod, "STREAM_BLOCK", block)
-    monkeypatch.setattr(backup_mod, "STREAM_TAIL_ROOM", room)
+    # Many refills, carries of every length; a buffer asked smaller than the
+    # largest chunk (8 KiB here) is that large, and refills may add little.
+    monkeypatch.setattr(backup_mod, "STREAM_BUFFER", buffer)
     s = backup_paths(repo, [src])
     node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(src / "big")]
     expected = [repo.blob_id(c) for c in repo.chunker().cut(data)]
@@ -477,7 +475,7 @@ def test_a_small_file_grown_large_before_its_opening_is_stored_whole(repo, tmp_p
     grower.write_bytes(b"x" * 1000)
     tail = os.urandom(250_000)
     monkeypatch.setattr(backup_mod, "PARALLEL_FILE_BYTES", 100_000)
-    monkeypatch.setattr(backup_mod, "STREAM_BLOCK", 20_000)
+    monkeypatch.setattr(backup_mod, "STREAM_BUFFER", 20_000)
     real_open = backup_mod.open_for_backup
 
     def grow_then_open(path: bytes) -> int:

@@ -117,6 +117,24 @@ def test_a_filling_pack_holds_little_more_than_one_spill() -> None:
     assert max(held) < SPILL_BYTES + 100_100
 
 
+def test_a_staged_pack_is_hashed_as_written_never_read_back() -> None:
+    store: dict[str, bytes] = {}
+    obj = MemoryStaged(store)
+    obj.read_at = None  # type: ignore[assignment,method-assign]  # any read back fails
+    staged = PackWriter(lambda: obj)
+    spills = [s for bid, env, n in envelopes(3, [SPILL_BYTES // 2] * 9)
+              if (s := staged.add(0, bid, env, n)) is not None]
+    assert len(spills) > 2
+    done = [threading.Thread(target=staged.spill, args=(s,)) for s in reversed(spills)]
+    for t in done:
+        t.start()
+    for t in done:
+        t.join()
+    pack_id, _, _ = staged.finish(SEALER)
+    staged.commit("k")
+    assert pack_id == blake3.blake3(store["k"]).hexdigest()
+
+
 def test_write_errors_surface_when_the_pack_is_finished() -> None:
     obj = MemoryStaged({}, fail_writes=True)
     staged = PackWriter(lambda: obj)

@@ -22,6 +22,7 @@ the backup and no snapshot is written.
 
 from __future__ import annotations
 
+import gc
 import getpass
 import os
 import queue
@@ -33,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,11 +68,10 @@ PARALLEL_FILE_BYTES = 8 << 20
 # busy. Each queued chunk is a view that keeps its whole read buffer (up to
 # READ_SIZE plus a carried tail) alive, so more only costs memory.
 CHUNKS_IN_FLIGHT_PER_SAVER = 2
-# New bytes read per refill of a large file's stream buffer, and the room left
-# in it for the unfinished chunk carried over from the other buffer (a few
-# average chunks; a longer one makes the buffer grow while it lasts).
-STREAM_BLOCK = 4 << 20
-STREAM_TAIL_ROOM = 2 << 20
+# Size of each of a large file's two stream buffers (at least the chunker's
+# maximum chunk): each refill tops the buffer up after the unfinished chunk
+# carried over from the other one, so the buffers never grow.
+STREAM_BUFFER = 4 << 20
 # Directories scanned at once, per scanner thread: enough that a scanner never
 # waits for the walk to hand it the next directory.
 SCANS_IN_FLIGHT_PER_SCANNER = 4
@@ -373,15 +374,16 @@ class _Backup:
         FastCDC decides a boundary from the bytes before it only (the masks
         depend on the distance from the chunk's start, never on what
         follows), and a chunk that reaches ``max_size`` is cut there whatever
-        follows. Only the last chunk of a buffer may still grow; it is copied
-        to the front of the other buffer, in front of the next STREAM_BLOCK
-        bytes. So the chunks equal those of cutting the whole file at once.
-        A buffer is refilled only once every chunk it held has been saved:
-        the savers get read-only views, never copies, and the memory stays at
-        two buffers (STREAM_BLOCK plus a typical tail each; larger only while
-        a chunk longer than that is being cut) whatever the file's size. Each
-        thread has its own buffers: the large-file thread, and a scanner whose
-        small file grew past the limit before it was opened.
+        follows. Only the last chunk of a buffer may still grow, and only if
+        it is shorter than ``max_size``; it is copied to the front of the
+        other buffer, which is then filled up with the next bytes. So the
+        chunks equal those of cutting the whole file at once, and a buffer of
+        ``max_size`` bytes always has room for more. A buffer is refilled only
+        once every chunk it held has been saved: the savers get read-only
+        views, never copies, and the memory stays at two buffers of fixed
+        size whatever the file's size. Each thread has its own buffers: the
+        large-file thread, and a scanner whose small file grew past the limit
+        before it was opened.
         """
         bufs: list[bytearray | None] | None = getattr(self._tls, "stream_bufs", None)
         if bufs is None:
@@ -390,7 +392,8 @@ class _Backup:
         futures: list[Future[tuple[bytes, bool]]] = []
         save = self.repo.save_blob
         cut = self.chunker._cdc.cut_buf
-        block = STREAM_BLOCK
+        max_size = self.chunker.max_size
+        size = max(STREAM_BUFFER, max_size)
         total = 0
         carry: memoryview | None = None
         i = 0
@@ -404,15 +407,13 @@ class _Backup:
                     raise Interrupted("backup interrupted; no snapshot was written")
                 n = len(carry) if carry is not None else 0
                 buf = bufs[i]
-                if buf is None or len(buf) < n + block:
-                    # Room for a typical tail without reallocating next time.
-                    buf = bufs[i] = bytearray(max(n + block, block + STREAM_TAIL_ROOM))
+                if buf is None or len(buf) != size:
+                    buf = bufs[i] = bytearray(size)
                 mv = memoryview(buf)
                 if carry is not None:
                     mv[:n] = carry
                     carry = None
-                cap = len(buf)
-                while n < cap:
+                while n < size:
                     got = os.readv(fd, [mv[n:]])
                     if not got:
                         eof = True
@@ -421,13 +422,14 @@ class _Backup:
                 data = mv[:n].toreadonly()
                 for c in cut(data):
                     end = c.offset + c.length
-                    if end == n and not eof:
+                    if end == n and not eof and c.length < max_size:
                         carry = data[c.offset:]  # may grow with the next bytes
                         break
                     f = self._savers.submit(save, BlobType.DATA, data[c.offset:end])
                     in_buf[i].append(f)
                     futures.append(f)
                     total += c.length
+                del mv, data
                 i ^= 1
         finally:
             # Wait for everything submitted even on a read error, so no save
@@ -954,6 +956,38 @@ def backup_paths(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> BackupSummary:
     """Back up ``paths`` and save a snapshot. Warnings are in the summary."""
+    with _collector_paused():
+        return _backup_paths(repo, paths, opts, reporter=reporter, should_stop=should_stop)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while backing up.
+
+    A backup holds a node per file until its directory is saved, and creates
+    almost no reference cycles (8 unreachable objects after the benchmark's
+    20,000 files); the collector only traversed the growing set of nodes again
+    and again, with every thread stopped (0.27 s of the initial backup). It is
+    enabled again afterwards, and collects then whatever other threads left
+    meanwhile.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _backup_paths(
+    repo: Repository,
+    paths: Sequence[str | bytes],
+    opts: BackupOptions | None,
+    *,
+    reporter: Reporter,
+    should_stop: Callable[[], bool],
+) -> BackupSummary:
     opts = opts or BackupOptions()
     targets = normalize_targets(paths)
     if not targets:

@@ -20,9 +20,13 @@ Writer policy (not format; readers accept any dictionary an envelope names):
   and keeps it only if it compresses samples it was not trained on at least
   ``MIN_GAIN`` better than zstd alone (``train``). The dictionary is stored, durably,
   before any blob that needs it is sealed; then the kept-back blobs and every
-  later data blob are sealed with it. Blobs larger than ``SAMPLE_MAX`` are never
-  kept back. A writer that flushes with less than a full sample seals what it
-  kept back without a dictionary.
+  later small data blob are sealed with it (small blobs saved during the
+  training wait for it). Blobs larger than ``SAMPLE_MAX`` are never kept back
+  and never use the dictionary: a dictionary trained on small files gains a
+  few percent on large chunks, for zstd's slower dictionary path and a
+  megabyte-sized context per compressing thread (docs/benchmarks.md). A
+  writer that flushes with less than a full sample seals what it kept back
+  without a dictionary.
 * Dictionaries are never deleted (prune leaves ``dicts/`` alone): a
   repository holds one, or a few if several writers started at once.
 """
@@ -65,17 +69,29 @@ def train(samples: list[bytes], level: int, *, size: int = DICT_SIZE) -> bytes |
     trial = _train([s for i, s in enumerate(samples) if i % 4 != 3], level, size)
     if trial is None:
         return None
-    plain_c = zstandard.ZstdCompressor(level=level)
-    plain = sum(min(len(plain_c.compress(s)), len(s)) for s in held_out)
+    plain = _stored(zstandard.ZstdCompressor(level=level), held_out, 0)
     d = Dictionary(bytes(DICT_TAG_LEN), trial)
     with_dict = 0
-    for s in held_out:
-        lvl = min(level + 1, 22) if len(s) <= SMALL_BLOB else level
-        c = zstandard.ZstdCompressor(dict_data=d.for_level(lvl), write_dict_id=False)
-        with_dict += min(len(c.compress(s)) + DICT_TAG_LEN, len(s))
+    for lvl, group in ((min(level + 1, 22), [s for s in held_out if len(s) <= SMALL_BLOB]),
+                       (level, [s for s in held_out if len(s) > SMALL_BLOB])):
+        if group:
+            c = zstandard.ZstdCompressor(dict_data=d.for_level(lvl), write_dict_id=False)
+            with_dict += _stored(c, group, DICT_TAG_LEN)
     if with_dict > plain * (1 - MIN_GAIN):
         return None
     return _train(samples, level, size)
+
+
+def _stored(c: zstandard.ZstdCompressor, samples: list[bytes], overhead: int) -> int:
+    """What ``samples`` would store compressed with ``c`` (raw where that is smaller).
+
+    One call for all of them: a writer trains while its other threads run, and
+    a call per sample would wait for the GIL after each one (the training of
+    the benchmark's first 2 MiB took 0.8 s instead of 0.15 s).
+    """
+    buffers: list[bytes | bytearray | memoryview] = list(samples)
+    frames = c.multi_compress_to_buffer(buffers, threads=1)
+    return sum(min(len(frames[i]) + overhead, len(s)) for i, s in enumerate(samples))
 
 
 def _train(samples: list[bytes], level: int, size: int) -> bytes | None:
@@ -109,7 +125,6 @@ class DictionaryStore:
         self._writing: Dictionary | None = None
         self._samples: Batch = []
         self._sample_bytes = 0
-        self._late: Batch = []
         self.sample_bytes = SAMPLE_BYTES
         self.sample_max = SAMPLE_MAX
 
@@ -176,21 +191,27 @@ class DictionaryStore:
         of a later call, or of ``release``. The batch holds the blob itself,
         plus, once training ends, the blobs kept back.
         """
+        if len(data) > self.sample_max:
+            return None, [(blob_id, data)]
         with self._cond:
             if self._state == _READY:
                 return self._writing, [(blob_id, data)]
             if self._state == _UNKNOWN:
                 self._start()
-            if self._state in (_READY, _OFF) or len(data) > self.sample_max:
+            if self._state in (_READY, _OFF):
                 return self._writing, [(blob_id, data)]
-        # Collecting (or training): judge and copy the blob outside the lock.
-        keep = bytes(data) if self._worth_keeping(data) else None
+        # Collecting (or training): judge the blob outside the lock.
+        worth = self._worth_keeping(data)
         with self._cond:
-            if keep is None or self._state in (_READY, _OFF):
+            # While the dictionary is trained, a small blob that would use it
+            # waits for it (a fraction of a second, the other cores busy with
+            # the large files), rather than being copied and kept back: that
+            # cost megabytes of copies, then sealing them all on one thread.
+            while worth and self._state == _TRAINING:
+                self._cond.wait()
+            if not worth or self._state in (_READY, _OFF):
                 return self._writing, [(blob_id, data)]
-            if self._state == _TRAINING:
-                self._late.append((blob_id, keep))
-                return None
+            keep = bytes(data)
             self._samples.append((blob_id, keep))
             self._sample_bytes += len(keep)
             if self._sample_bytes < self.sample_bytes:
@@ -204,8 +225,6 @@ class DictionaryStore:
             with self._cond:
                 self._state = _READY if dictionary is not None else _OFF
                 self._writing = dictionary
-                batch += self._late
-                self._late = []
                 self._cond.notify_all()
         return dictionary, batch
 
@@ -221,7 +240,7 @@ class DictionaryStore:
         """Whether a small blob compresses on its own (else a dictionary will not help it)."""
         assert self._sealer is not None
         n = len(data)
-        return n > 64 and len(self._sealer.compressor().compress(data)) < n - n // 16
+        return n > 64 and len(self._sealer.compress(data)) < n - n // 16
 
     def _start(self) -> None:
         """First data blob of this writer: use a stored dictionary, or start collecting."""

@@ -32,10 +32,8 @@ _COUNT = struct.Struct("<I")
 TRAILER_LEN_SIZE = 4
 # Packs are read by offset/length pairs stored in u32 fields.
 MAX_PACK_SIZE = (1 << 32) - 1
-# A staged pack is written whenever this much is waiting (PackWriter), and
-# hashed back in reads of HASH_BLOCK.
+# A staged pack is written (and hashed) whenever this much is waiting (PackWriter).
 SPILL_BYTES = 1 << 20
-HASH_BLOCK = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +63,11 @@ class PackWriter:
       ``Spill`` that the caller writes with ``spill`` after releasing the lock
       (one ``pwritev``, without the GIL), at the offsets ``add`` reserved. A pack
       being filled then holds at most about ``SPILL_BYTES`` in memory instead
-      of up to the pack size, and a finished one nothing: ``finish`` hashes
-      the file back in ``HASH_BLOCK`` reads, ``commit`` moves it into place.
+      of up to the pack size, and a finished one nothing. Each spill is also
+      fed to the pack's hash, in pack order whatever order the spills are
+      written in (``_hash_in_order``), so ``finish`` never reads the file back
+      (that cost a copy of every pack and megabyte-sized buffers that
+      fragment the heap); ``commit`` moves it into place.
     """
 
     def __init__(self, stage: Callable[[], StagedObject] | None = None) -> None:
@@ -79,6 +80,14 @@ class PackWriter:
         self._cond = threading.Condition()
         self._spilling = 0
         self._error: BaseException | None = None
+        # Hashing in pack order: spills are numbered as ``add`` hands them out;
+        # a spill written before its predecessors were hashed waits in ``_ready``
+        # for the thread that is hashing (``_hashing``) to reach it.
+        self._hasher = blake3.blake3()
+        self._spills = 0
+        self._next_hash = 0
+        self._ready: dict[int, list[bytes | memoryview | None]] = {}
+        self._hashing = False
 
     def add(
         self, blob_type: int, blob_id: bytes, envelope: bytes | memoryview, raw_length: int
@@ -90,7 +99,11 @@ class PackWriter:
         self.size += n
         if self._stage is None or self.size - self._parts_start < SPILL_BYTES:
             return None
-        spill = Spill(self._parts_start, self._parts)
+        return self._next_spill(self._parts)
+
+    def _next_spill(self, parts: list[bytes | memoryview | None]) -> Spill:
+        spill = Spill(self._parts_start, parts, self._spills)
+        self._spills += 1
         self._parts = []
         self._parts_start = self.size
         with self._cond:
@@ -100,15 +113,45 @@ class PackWriter:
     def spill(self, spill: Spill) -> None:
         """Write envelopes ``add`` handed out (any thread; errors surface in ``finish``)."""
         try:
-            self._staged_object().write_at(spill.offset, cast(list[bytes | memoryview], spill.parts))
+            try:
+                self._staged_object().write_at(spill.offset, cast(list[bytes | memoryview], spill.parts))
+            finally:
+                self._hash_in_order(spill)  # even after an error: later spills wait for it
         except BaseException as e:
             with self._cond:
                 self._error = self._error or e
         finally:
-            spill.parts.clear()
             with self._cond:
                 self._spilling -= 1
                 self._cond.notify_all()
+
+    def _hash_in_order(self, spill: Spill) -> None:
+        """Feed ``spill`` (and the spills after it that are ready) to the pack's hash.
+
+        One thread hashes at a time; a spill whose predecessors are not hashed
+        yet is left in ``_ready`` for that thread, so no thread ever waits.
+        """
+        with self._cond:
+            self._ready[spill.seq] = spill.parts
+            spill.parts = []
+            if self._hashing:
+                return
+            self._hashing = True
+        while True:
+            with self._cond:
+                parts = self._ready.pop(self._next_hash, None)
+                if parts is None:
+                    self._hashing = False
+                    return
+                self._next_hash += 1
+            try:
+                for p in parts:
+                    assert p is not None
+                    self._hasher.update(p)
+            except BaseException:
+                with self._cond:
+                    self._hashing = False
+                raise
 
     def _staged_object(self) -> StagedObject:
         with self._cond:
@@ -132,7 +175,7 @@ class PackWriter:
         parts, self._parts = self._parts, []
         parts += (trailer, _COUNT.pack(len(trailer)))
         if self._stage is not None:
-            return self._finish_staged(parts, total)
+            return self._finish_staged(parts)
         buf = np.empty(total, dtype=np.uint8)
         pos = 0
         for i, part in enumerate(parts):
@@ -143,20 +186,16 @@ class PackWriter:
         data = buf.data  # a memoryview of the array, no copy
         return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), data, self.blobs
 
-    def _finish_staged(self, parts: list[bytes | memoryview | None], total: int) -> tuple[str, None, list[PackedBlob]]:
-        with self._cond:
-            self._spilling += 1
-        self.spill(Spill(self._parts_start, parts))
+    def _finish_staged(self, parts: list[bytes | memoryview | None]) -> tuple[str, None, list[PackedBlob]]:
+        self.spill(self._next_spill(parts))
         with self._cond:
             while self._spilling > 0:
                 self._cond.wait()
             if self._error is not None:
                 raise self._error
-        staged = self._staged_object()
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        for offset in range(0, total, HASH_BLOCK):
-            hasher.update(staged.read_at(offset, min(HASH_BLOCK, total - offset)))
-        return hasher.hexdigest(), None, self.blobs
+            if self._next_hash != self._spills or self._ready:
+                raise AssertionError("a staged pack was not hashed whole")
+        return self._hasher.hexdigest(), None, self.blobs
 
     def commit(self, key: str) -> None:
         """Store a staged pack under ``key`` (atomic and durable, like a put)."""
@@ -176,6 +215,7 @@ class Spill:
 
     offset: int
     parts: list[bytes | memoryview | None]
+    seq: int  # its place in the pack's order of spills (hashing follows it)
 
 
 def trailer_length(tail: bytes, name: str) -> int:
