@@ -79,19 +79,8 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             exclude_caches=args.exclude_caches,
             one_file_system=args.one_file_system,
         )
-    # The key is derived before the backup pipeline is imported (docs/design.md,
-    # "Start-up"); meanwhile a thread reads the source tree's metadata into the
-    # kernel's caches for the walk.
-    warmup = None
-    if not stream:
-        from resurgo.ops.warmup import MetadataWarmup
-
-        warmup = MetadataWarmup(args.paths).start()
-    try:
-        repo = ctx.open_repo(write=True)
-    finally:
-        if warmup is not None:
-            warmup.stop()
+    # The key is derived before the backup pipeline is imported (docs/design.md, "Start-up").
+    repo = ctx.open_repo(write=True)
     from resurgo.ops.backup import BackupOptions, backup_paths, backup_stream
 
     opts = BackupOptions(

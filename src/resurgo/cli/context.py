@@ -124,12 +124,10 @@ class Context:
         if self._repo is not None and write and not self.repo_write:
             self.close()  # opened read-only earlier in this run; reopen writable
         if self._repo is None:
-            from resurgo.cli import preload
             from resurgo.cli.memory import one_blas_thread
             from resurgo.session import open_repo
 
             password = self.password()
-            preload.start()
             # Opening derives the key, then imports the repository facade and NumPy.
             with one_blas_thread():
                 self._repo = open_repo(
