@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 BIN=.venv/bin
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+# The whole run is CI's run: a test whose machine requirement is missing (root,
+# user xattrs, atime updates) fails instead of skipping (resurgo.testing.environment).
+export CI="${CI:-true}"
 failed=()
 
 step() {

@@ -21,6 +21,7 @@ from resurgo.ops.excludes import Excluder
 from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
 from resurgo.snapshot.model import Node, NodeType
 from resurgo.snapshot.store import list_snapshots, walk_tree
+from resurgo.testing.environment import unavailable
 
 
 @pytest.fixture
@@ -425,7 +426,7 @@ def test_an_unchanged_file_whose_atime_moved_is_not_read_but_gets_its_new_atime(
     f.read_bytes()  # relatime moves an atime older than the mtime; the ctime stays
     moved = f.stat()
     if moved.st_atime_ns == st.st_mtime_ns - 10**12:
-        pytest.skip("the file system does not update atimes")
+        unavailable("the file system does not update atimes")
     s = backup_paths(repo, [src])
     assert s.files_unchanged == 1 and s.bytes_read == 0
     node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(f)]
@@ -445,7 +446,7 @@ def test_an_xattr_set_changed_or_removed_on_an_unchanged_file_reaches_the_next_s
     try:
         os.setxattr(f, b"user.note", b"one")
     except OSError as e:
-        pytest.skip(f"no user xattrs here: {e}")
+        unavailable(f"no user xattrs here: {e}")
     backup_paths(repo, [src])
 
     def recorded() -> dict[bytes, bytes]:

@@ -31,6 +31,7 @@ from resurgo.progress import RecordingReporter
 from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
 from resurgo.snapshot.model import Node, NodeType, Snapshot
 from resurgo.snapshot.store import find_snapshot, save_snapshot, walk_tree
+from resurgo.testing.environment import as_root
 
 
 class CountingBackend:
@@ -754,7 +755,7 @@ def test_new_files_do_not_keep_acls_inherited_from_the_target(repo, tmp_path):
     assert b"system.posix_acl_default" not in os.listxattr(dst / "sub")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown)")
+@as_root  # chown
 def test_new_files_in_a_set_group_id_target_get_their_recorded_group(repo, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -34,12 +34,7 @@ from resurgo.snapshot.fsmeta import (
     resolve_owner,
 )
 from resurgo.snapshot.model import Node, NodeType, decode_tree, encode_tree
-
-# Outside CI a non-root developer may skip these; in CI (CI=true, run as root)
-# they always run, so a lost privilege fails loudly instead of skipping.
-as_root = pytest.mark.skipif(
-    os.geteuid() != 0 and not os.environ.get("CI"), reason="needs root"
-)
+from resurgo.testing.environment import as_root
 
 OLD_NS = 1_000_000_000_123_456_789
 OLDER_NS = 900_000_000_987_654_321
