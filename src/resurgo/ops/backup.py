@@ -22,7 +22,6 @@ the backup and no snapshot is written.
 
 from __future__ import annotations
 
-import gc
 import getpass
 import os
 import queue
@@ -34,13 +33,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from resurgo import __version__
 from resurgo.errors import Interrupted, SourceError
 from resurgo.ops.excludes import Excluder
+from resurgo.ops.gcpause import collector_paused
 from resurgo.progress import NULL, Reporter
 from resurgo.repo import BlobType, Repository
 from resurgo.snapshot.fsmeta import (
@@ -961,28 +960,8 @@ def backup_paths(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> BackupSummary:
     """Back up ``paths`` and save a snapshot. Warnings are in the summary."""
-    with _collector_paused():
+    with collector_paused():
         return _backup_paths(repo, paths, opts, reporter=reporter, should_stop=should_stop)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection while backing up.
-
-    A backup holds a node per file until its directory is saved, and creates
-    almost no reference cycles (8 unreachable objects after the benchmark's
-    20,000 files); the collector only traversed the growing set of nodes again
-    and again, with every thread stopped (0.27 s of the initial backup). It is
-    enabled again afterwards, and collects then whatever other threads left
-    meanwhile.
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _backup_paths(

@@ -42,7 +42,6 @@ target.
 from __future__ import annotations
 
 import errno
-import gc
 import hashlib
 import os
 import resource
@@ -72,6 +71,7 @@ from resurgo.errors import (
     UsageError,
 )
 from resurgo.ops.excludes import Excluder
+from resurgo.ops.gcpause import collector_paused
 from resurgo.progress import NULL, Reporter
 from resurgo.repo import BlobLocation, BlobType, Repository
 from resurgo.snapshot import fsmeta
@@ -1043,7 +1043,7 @@ class _Restore:
         for users in self._want.values():
             loc = users[0][1].loc
             by_pack[loc.pack_id].append(loc)
-        max_many = (REMOTE_THREADS if is_remote(self.repo) else LOCAL_THREADS)[1]
+        max_many = _thread_plan(self.repo)[1]
         jobs = _Jobs([(pid, *rng) for pid, locs in by_pack.items() for rng in _ranges(locs)],
                      max_many=max_many)
         if not jobs:
@@ -1402,9 +1402,14 @@ def is_remote(repo: Repository) -> bool:
     return bool(sep) and scheme in REMOTE_SCHEMES
 
 
+def _thread_plan(repo: Repository) -> tuple[int, int]:
+    """(fetch threads by default, at most on many-blob ranges) for ``repo``."""
+    return REMOTE_THREADS if is_remote(repo) else LOCAL_THREADS
+
+
 def default_threads(repo: Repository) -> int:
     """The fetch threads a restore from ``repo`` uses unless told otherwise."""
-    return (REMOTE_THREADS if is_remote(repo) else LOCAL_THREADS)[0]
+    return _thread_plan(repo)[0]
 
 
 def _open_target(target: bytes) -> tuple[int, bool]:
@@ -1462,30 +1467,11 @@ def restore_snapshot(
         owner = os.geteuid() == 0
     if threads is None:
         threads = default_threads(repo)
-    with _collector_paused():
+    with collector_paused():
         return _restore(repo, snap, os.fsencode(target), subpath=subpath, includes=includes,
                         excludes=excludes, overwrite=overwrite, verify=verify, owner=owner,
                         numeric_ids=numeric_ids, threads=threads, reporter=reporter,
                         should_stop=should_stop)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection while restoring.
-
-    A restore holds a node, an entry and a chunk list per file for its whole
-    run and creates no reference cycles; the collector would only traverse
-    those objects again and again (a tenth of the CPU time of restoring 20,000
-    small files). It is enabled again afterwards, and collects then whatever
-    other threads left meanwhile.
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _restore(

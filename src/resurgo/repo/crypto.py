@@ -89,6 +89,12 @@ POOLED_ABOVE = 16 << 10
 LARGE_CONTEXTS = max(2, os.cpu_count() or 2)
 
 
+def dictionary_level(level: int) -> int:
+    """The zstd level of a blob sealed with a dictionary, for a repository at ``level``:
+    one higher (such blobs are small, so the higher level costs little)."""
+    return min(level + 1, 22)
+
+
 class Dictionary:
     """A zstd dictionary stored in the repository, named in envelopes by its 8-byte tag.
 
@@ -115,6 +121,13 @@ class Dictionary:
                     d.precompute_compress(level=level)
                     self._by_level[level] = d
         return d
+
+    def compressor(self, level: int) -> zstandard.ZstdCompressor:
+        """A new zstd context compressing with this dictionary at ``level``.
+
+        Frames carry no dictionary ID: the envelope names the dictionary by tag.
+        """
+        return zstandard.ZstdCompressor(dict_data=self.for_level(level), write_dict_id=False)
 
     def for_reading(self) -> zstandard.ZstdCompressionDict:
         d = self._for_reading
@@ -221,9 +234,7 @@ class Sealer:
             cache = self._local.dict_cctx = {}
         c = cache.get((dictionary.tag, level))
         if c is None:
-            c = cache[(dictionary.tag, level)] = zstandard.ZstdCompressor(
-                dict_data=dictionary.for_level(level), write_dict_id=False
-            )
+            c = cache[(dictionary.tag, level)] = dictionary.compressor(level)
         return c
 
     def _dict_decompressor(self, dictionary: Dictionary) -> zstandard.ZstdDecompressor:
@@ -284,14 +295,14 @@ class Sealer:
         if compress and self.compression_level > 0 and n > 64:
             level = self.compression_level
             if dictionary is not None and n <= SMALL_BLOB:
-                level = min(level + 1, 22)
+                level = dictionary_level(level)
             if dictionary is None:
                 packed = self.compress(plaintext)
             elif n > POOLED_ABOVE:
                 d = dictionary
                 packed = self._large.compress(
                     (d.tag, level),
-                    lambda: zstandard.ZstdCompressor(dict_data=d.for_level(level), write_dict_id=False),
+                    lambda: d.compressor(level),
                     plaintext,
                 )
             else:

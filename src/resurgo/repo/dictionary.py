@@ -40,7 +40,7 @@ import zstandard
 
 from resurgo.backend import Backend, layout
 from resurgo.errors import BackendError, CorruptObject, ObjectNotFound, UnsupportedVersion
-from resurgo.repo.crypto import DICT_TAG_LEN, SMALL_BLOB, Dictionary, Kind, Sealer
+from resurgo.repo.crypto import DICT_TAG_LEN, SMALL_BLOB, Dictionary, Kind, Sealer, dictionary_level
 
 SAMPLE_MAX = SMALL_BLOB
 SAMPLE_BYTES = 2 << 20
@@ -71,12 +71,8 @@ def train(samples: list[bytes], level: int, *, size: int = DICT_SIZE) -> bytes |
         return None
     plain = _stored(zstandard.ZstdCompressor(level=level), held_out, 0)
     d = Dictionary(bytes(DICT_TAG_LEN), trial)
-    with_dict = 0
-    for lvl, group in ((min(level + 1, 22), [s for s in held_out if len(s) <= SMALL_BLOB]),
-                       (level, [s for s in held_out if len(s) > SMALL_BLOB])):
-        if group:
-            c = zstandard.ZstdCompressor(dict_data=d.for_level(lvl), write_dict_id=False)
-            with_dict += _stored(c, group, DICT_TAG_LEN)
+    # Samples are at most SAMPLE_MAX (= SMALL_BLOB): judged as the writer seals them.
+    with_dict = _stored(d.compressor(dictionary_level(level)), held_out, DICT_TAG_LEN)
     if with_dict > plain * (1 - MIN_GAIN):
         return None
     return _train(samples, level, size)
