@@ -21,7 +21,9 @@ used when nothing else is configured, following the XDG base directory spec.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,6 +91,27 @@ def open_backend(
     return backend
 
 
+def _import_in_background(*modules: str) -> threading.Thread:
+    """Import ``modules`` in a thread while the caller derives the key.
+
+    Argon2id releases the GIL and uses ~1.5 of 2 cores; the imports wait on
+    a cold disk for much of their time, so the two overlap. A failure is not
+    reported here: the caller imports the module again and gets the error
+    itself.
+    """
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except BaseException:
+                return
+
+    thread = threading.Thread(target=run, name="resurgo-import", daemon=True)
+    thread.start()
+    return thread
+
+
 def open_repo(
     url: str,
     password: str,
@@ -101,6 +124,7 @@ def open_repo(
     params: RepoParams | None = None,
     kdf: KDFParams | None = None,
     read_only: bool = False,
+    preload: Sequence[str] = (),
 ) -> Repository:
     """Open (or with ``create=True``, initialise) the repository at ``url``.
 
@@ -130,7 +154,14 @@ def open_repo(
             return Repository.init(backend, password, params=params, cache_dir=cache_dir, key=key)
         from resurgo.repo.keys import unlock
 
-        unlocked = unlock(backend, password)
+        if preload:
+            importing = _import_in_background("resurgo.repo.repository", *preload)
+            try:
+                unlocked = unlock(backend, password)
+            finally:
+                importing.join()
+        else:
+            unlocked = unlock(backend, password)
         from resurgo.repo.repository import Repository
 
         return Repository.open_unlocked(backend, unlocked, cache_dir=cache_dir)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from resurgo.errors import InjectedFault, ReadOnlyError, RepositoryExists, RepositoryNotFound
+from resurgo.errors import (
+    InjectedFault,
+    ReadOnlyError,
+    RepositoryExists,
+    RepositoryNotFound,
+    WrongPassword,
+)
 from resurgo.repo import KDFParams
 from resurgo.session import default_cache_dir, default_repository_url, open_repo
 
@@ -78,3 +84,26 @@ def test_injected_transient_faults_sit_below_the_retry_layer(tmp_path):
     with pytest.raises(InjectedFault):
         open_repo(str(tmp_path / "b"), PW, create=True, kdf=WEAK, fault_spec="put:fail:1",
                   retry=False)
+
+
+def test_preloading_imports_the_modules_and_a_failing_one_is_left_to_the_caller(tmp_path, capfd):
+    url = str(tmp_path / "r")
+    open_repo(url, PW, create=True, kdf=WEAK).close()
+
+    repo = open_repo(url, PW, preload=("resurgo.ops.check", "resurgo.no_such_module"))
+    try:
+        import sys
+
+        assert "resurgo.ops.check" in sys.modules
+        assert "resurgo.no_such_module" not in sys.modules
+    finally:
+        repo.close()
+    assert capfd.readouterr().err == ""  # the thread's failure printed nothing
+
+
+def test_preloading_still_reports_a_wrong_password(tmp_path):
+    url = str(tmp_path / "r")
+    open_repo(url, PW, create=True, kdf=WEAK).close()
+
+    with pytest.raises(WrongPassword):
+        open_repo(url, "not the password", preload=("resurgo.ops.check",))

@@ -112,6 +112,42 @@ def test_the_key_is_derived_before_numpy_and_the_repository_facade_are_imported(
     assert out.strip().splitlines()[-1] == "[[]]"
 
 
+@pytest.mark.parametrize("command", [["check", "--read-data"], ["check", "--read-data-subset", "1/2"],
+                                     ["restore", "latest", "--target", "RESTORED"]])
+def test_commands_with_large_buffers_import_while_the_key_is_derived(tmp_path, command):
+    repo = tmp_path / "repo"
+    open_repo(str(repo), "pw", create=True, kdf=KDFParams.weak_for_tests()).close()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    argv = [a.replace("RESTORED", str(tmp_path / "out")) for a in command]
+    _python(f"""
+        from resurgo.cli.main import main
+        assert main(["-r", {str(repo)!r}, "--no-cache", "--quiet", "backup", {str(src)!r}]) == 0
+    """, RESURGO_PASSWORD="pw")
+    out = _python(f"""
+        import sys, time
+        import resurgo.repo.keys as keys
+        from resurgo.cli.main import main
+
+        seen = []
+        derive = keys._derive
+
+        def spy(*args, **kwargs):
+            # The imports run beside the derivation: they finish while it waits.
+            deadline = time.monotonic() + 60
+            while "resurgo.repo.repository" not in sys.modules and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen.append("resurgo.repo.repository" in sys.modules)
+            return derive(*args, **kwargs)
+
+        keys._derive = spy
+        assert main(["-r", {str(repo)!r}, "--no-cache", "--json", "--quiet", *{argv!r}]) == 0
+        print(seen)
+    """, RESURGO_PASSWORD="pw")
+    assert out.strip().splitlines()[-1] == "[True]"
+
+
 def test_init_derives_the_new_key_before_the_heavy_imports(tmp_path):
     out = _python(f"""
         import sys

@@ -54,7 +54,10 @@ def _record(ctx: Context, repo_id: str, result: dict[str, object]) -> None:
 
 
 def run(args: argparse.Namespace, ctx: Context) -> int:
-    repo = ctx.open_repo(write=False)
+    # Reading the data holds buffers larger than the key derivation's memory
+    # anyway, so the imports may overlap it (design.md, "Start-up").
+    reads_data = bool(args.read_data or args.read_data_subset)
+    repo = ctx.open_repo(write=False, preload=("resurgo.ops.check",) if reads_data else ())
     from resurgo.ops.check import check_repository
 
     started = time.time()

@@ -63,7 +63,9 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be at least 1")
     ref, path = split_ref(args.snapshot)
-    repo = ctx.open_repo(write=False)
+    # A restore's buffers outgrow the key derivation's memory: the imports
+    # may overlap it (design.md, "Start-up").
+    repo = ctx.open_repo(write=False, preload=("resurgo.ops.restore",))
     from resurgo.ops.restore import RestoreIntegrityError, RestoreSummary, restore_snapshot
 
     snap = resolve(repo, ref, args)

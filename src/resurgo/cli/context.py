@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -114,12 +114,14 @@ class Context:
 
     # -- the repository ------------------------------------------------------------
 
-    def open_repo(self, write: bool) -> Repository:
+    def open_repo(self, write: bool, preload: Sequence[str] = ()) -> Repository:
         """The repository named by the global options, opened once per run.
 
         ``write`` declares whether the command modifies the repository. A
         read-only command gets a repository whose backend refuses every write
         (``ReadOnlyError``), so a read path cannot mutate it by mistake.
+        ``preload`` names the modules the command imports next, imported
+        while the key is derived (``session.open_repo``).
         """
         if self._repo is not None and write and not self.repo_write:
             self.close()  # opened read-only earlier in this run; reopen writable
@@ -137,6 +139,7 @@ class Context:
                     options=self.backend_options,
                     fault_spec=self.fault_spec,
                     read_only=not write,
+                    preload=preload,
                 )
             self.repo_write = write
         return self._repo
