@@ -19,6 +19,7 @@ from resurgo.ops.backup import BackupOptions, backup_paths, backup_stream
 from resurgo.ops.check import check_repository
 from resurgo.ops.excludes import Excluder
 from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
+from resurgo.snapshot import direct as direct_mod
 from resurgo.snapshot.model import Node, NodeType
 from resurgo.snapshot.store import list_snapshots, walk_tree
 from resurgo.testing.environment import unavailable
@@ -391,9 +392,10 @@ def test_stop_request_ends_a_stream_command_without_a_snapshot(repo):
     assert repo.list_objects("snapshots") == []
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
 @pytest.mark.parametrize("buffer", [30_000, 1000], ids=["larger-than-a-chunk", "one-max-chunk"])
 def test_large_files_stream_through_small_buffers_into_the_same_chunks_as_a_whole_cut(
-    repo, tmp_path, monkeypatch, buffer
+    repo, tmp_path, monkeypatch, buffer, direct
 ):
     src = tmp_path / "src"
     src.mkdir()
@@ -408,11 +410,27 @@ def test_large_files_stream_through_small_buffers_into_the_same_chunks_as_a_whol
     # Many refills, carries of every length; a buffer asked smaller than the
     # largest chunk (8 KiB here) is that large, and refills may add little.
     monkeypatch.setattr(backup_mod, "STREAM_BUFFER", buffer)
+    modes: list[bool] = []
+    if direct:
+        # Read around the page cache (snapshot/direct.py), with carries of
+        # every length placed before aligned starts.
+        monkeypatch.setattr(direct_mod, "DIRECT_MIN_BYTES", 0)
+        monkeypatch.setattr(direct_mod, "uncached", lambda fd, size: True)
+        real_read_into = backup_mod.read_into
+
+        def read_into(fd: int, view: memoryview, direct: bool) -> tuple[int, bool]:
+            modes.append(direct)
+            return real_read_into(fd, view, direct)
+
+        monkeypatch.setattr(backup_mod, "read_into", read_into)
     s = backup_paths(repo, [src])
     node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(src / "big")]
     expected = [repo.blob_id(c) for c in repo.chunker().cut(data)]
     assert node.content == expected and len(expected) > 50
     assert content_of(repo, node) == data and s.bytes_read == len(data) and not s.warnings
+    if direct:
+        # Direct to the unaligned end of the file, then one buffered read finds the end.
+        assert len(modes) > 40 and all(modes[:-1]) and not modes[-1]
 
 
 def test_an_unchanged_file_whose_atime_moved_is_not_read_but_gets_its_new_atime(repo, tmp_path):

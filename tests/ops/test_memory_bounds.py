@@ -41,13 +41,13 @@ def test_large_files_are_read_one_at_a_time_and_back_up_intact(
     real = backup_mod._Backup._save_stream
     buffers: set[int] = set()
 
-    def spy(self: backup_mod._Backup, fd: int):
+    def spy(self: backup_mod._Backup, fd: int, file_size: int):
         nonlocal active, most
         with lock:
             active += 1
             most = max(most, active)
         try:
-            return real(self, fd)
+            return real(self, fd, file_size)
         finally:
             buffers.update(id(b) for b in self._tls.stream_bufs if b is not None)
             with lock:

@@ -23,6 +23,7 @@ the backup and no snapshot is written.
 from __future__ import annotations
 
 import getpass
+import mmap
 import os
 import queue
 import socket
@@ -42,6 +43,7 @@ from resurgo.ops.excludes import Excluder
 from resurgo.ops.gcpause import collector_paused
 from resurgo.progress import NULL, Reporter
 from resurgo.repo import BlobType, Repository
+from resurgo.snapshot.direct import ALIGN, aligned_buffer, read_into, start_direct
 from resurgo.snapshot.fsmeta import (
     data_extents,
     file_changed,
@@ -354,7 +356,7 @@ class _Backup:
                     ids, nread = self._save_chunks(self._extent_chunks(fd, extents),
                                                    parallel=size > _small_limit())
                 else:
-                    ids, nread = self._save_stream(fd)
+                    ids, nread = self._save_stream(fd, size)
             except OSError as e:
                 raise _SourceProblem(f"read error: {e.strerror or e}")
             after = os.fstat(fd)
@@ -371,7 +373,7 @@ class _Backup:
             self.summary.bytes_read += nread
         return node
 
-    def _save_stream(self, fd: int) -> tuple[list[bytes], int]:
+    def _save_stream(self, fd: int, file_size: int) -> tuple[list[bytes], int]:
         """Read a large file through two reused buffers, its chunks saved by the saver pool.
 
         A chunk that ends before the end of the data in the buffer is final:
@@ -389,7 +391,7 @@ class _Backup:
         large-file thread, and a scanner whose small file grew past the limit
         before it was opened.
         """
-        bufs: list[bytearray | None] | None = getattr(self._tls, "stream_bufs", None)
+        bufs: list[mmap.mmap | None] | None = getattr(self._tls, "stream_bufs", None)
         if bufs is None:
             bufs = self._tls.stream_bufs = [None, None]
         in_buf: list[list[Future[tuple[bytes, bool]]]] = [[], []]
@@ -398,6 +400,10 @@ class _Backup:
         cut = self.chunker._cdc.cut_buf
         max_size = self.chunker.max_size
         size = max(STREAM_BUFFER, max_size)
+        # Direct reads (snapshot/direct.py) start the fresh bytes on an aligned
+        # offset after the carry, and read at least one whole block.
+        alloc = size + 2 * ALIGN
+        direct = start_direct(fd, file_size)
         total = 0
         carry: memoryview | None = None
         i = 0
@@ -409,24 +415,30 @@ class _Backup:
                 in_buf[i] = []
                 if self._closing:
                     raise Interrupted("backup interrupted; no snapshot was written")
-                n = len(carry) if carry is not None else 0
+                kept = len(carry) if carry is not None else 0
                 buf = bufs[i]
-                if buf is None or len(buf) != size:
-                    buf = bufs[i] = bytearray(size)
+                if buf is None or len(buf) != alloc:
+                    buf = bufs[i] = aligned_buffer(alloc)
                 mv = memoryview(buf)
+                # The fresh bytes start on an aligned offset, right after the carry.
+                n = -(-kept // ALIGN) * ALIGN if direct else kept
+                begin = n - kept
                 if carry is not None:
-                    mv[:n] = carry
+                    mv[begin:n] = carry
                     carry = None
-                while n < size:
-                    got = os.readv(fd, [mv[n:]])
+                fill = begin + size
+                if direct:
+                    fill = n + max(1, (fill - n) // ALIGN) * ALIGN  # whole blocks
+                while n < fill:
+                    got, direct = read_into(fd, mv[n:fill], direct)
                     if not got:
                         eof = True
                         break
                     n += got
-                data = mv[:n].toreadonly()
+                data = mv[begin:n].toreadonly()
                 for c in cut(data):
                     end = c.offset + c.length
-                    if end == n and not eof and c.length < max_size:
+                    if end == n - begin and not eof and c.length < max_size:
                         carry = data[c.offset:]  # may grow with the next bytes
                         break
                     f = self._savers.submit(save, BlobType.DATA, data[c.offset:end])

@@ -1,0 +1,94 @@
+"""Direct reads of large source files: the page-cache probe, the switch, the fallbacks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from resurgo.snapshot import direct
+from resurgo.snapshot.direct import ALIGN, aligned_buffer, read_into, start_direct, uncached
+from resurgo.testing.environment import unavailable
+
+
+def _evict(path: Path) -> None:
+    """Write the file's pages back and drop them from the page cache."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _direct_fd(path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if not start_direct(fd, os.fstat(fd).st_size):
+            unavailable(f"no direct reads on the file system of {path}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@pytest.fixture
+def big(tmp_path, monkeypatch):
+    monkeypatch.setattr(direct, "DIRECT_MIN_BYTES", 0)
+    path = tmp_path / "big"
+    path.write_bytes(os.urandom(5 * ALIGN + 123))  # ends off the alignment
+    _evict(path)
+    return path
+
+
+def test_the_probe_tells_a_cached_file_from_an_evicted_one(big):
+    fd = os.open(big, os.O_RDONLY)
+    try:
+        if not uncached(fd, os.fstat(fd).st_size):
+            unavailable("RWF_NOWAIT reads are not supported here, or the pages stayed cached")
+        os.read(fd, 8 * ALIGN)  # the whole file is in the cache now
+        assert not uncached(fd, os.fstat(fd).st_size)
+        assert not start_direct(fd, os.fstat(fd).st_size)  # cached: read through the cache
+    finally:
+        os.close(fd)
+
+
+def test_small_files_are_never_switched(big, monkeypatch):
+    monkeypatch.setattr(direct, "DIRECT_MIN_BYTES", 16 << 20)
+    fd = os.open(big, os.O_RDONLY)
+    try:
+        assert not start_direct(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def test_direct_reads_return_the_file_and_turn_buffered_at_its_unaligned_end(big):
+    fd = _direct_fd(big)
+    buf = aligned_buffer(16 * ALIGN)
+    view = memoryview(buf)
+    try:
+        n, still = read_into(fd, view[: 3 * ALIGN + 7], True)  # the length is cut to whole blocks
+        assert (n, still) == (3 * ALIGN, True)
+        got, still = read_into(fd, view[n:], True)
+        assert got == 2 * ALIGN + 123 and not still  # short and unaligned: the end
+        assert bytes(view[: n + got]) == big.read_bytes()
+        assert read_into(fd, view[n + got :], still) == (0, False)
+    finally:
+        view.release()
+        os.close(fd)
+
+
+def test_a_read_the_file_system_rejects_is_done_buffered(big):
+    fd = _direct_fd(big)
+    buf = aligned_buffer(8 * ALIGN)
+    view = memoryview(buf)
+    try:
+        # One byte off the alignment: the kernel refuses the direct read (EINVAL).
+        got, still = read_into(fd, view[1 : 1 + 2 * ALIGN], True)
+        assert not still and got == 2 * ALIGN
+        assert bytes(view[1 : 1 + got]) == big.read_bytes()[:got]
+    finally:
+        view.release()
+        os.close(fd)
