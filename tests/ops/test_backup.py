@@ -526,3 +526,35 @@ def test_a_stop_request_seen_once_is_never_forgotten(repo, tmp_path):
     with pytest.raises(Interrupted):
         backup_paths(repo, [src], should_stop=flicker)
     assert repo.list_objects("snapshots") == []
+
+
+def test_directories_with_a_parent_are_compared_one_at_a_time(repo, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    for d in range(12):
+        (src / f"d{d}").mkdir(parents=True)
+        for f in range(3):
+            (src / f"d{d}" / f"f{f}").write_bytes(os.urandom(100))
+    real = backup_mod._Backup._scan_entries
+    lock = threading.Lock()
+    active = {True: 0, False: 0}
+    most = {True: 0, False: 0}
+
+    def spy(self: backup_mod._Backup, job, tally) -> None:
+        parented = job.old_subtree is not None
+        with lock:
+            active[parented] += 1
+            most[parented] = max(most[parented], active[parented])
+        try:
+            threading.Event().wait(0.02)  # long enough for another scanner to arrive
+            real(self, job, tally)
+        finally:
+            with lock:
+                active[parented] -= 1
+
+    monkeypatch.setattr(backup_mod._Backup, "_scan_entries", spy)
+    opts = BackupOptions(read_threads=4)
+    backup_paths(repo, [src], opts)
+    assert most[False] > 1  # the first backup has no parent: directories in parallel
+    (src / "d3" / "f1").write_bytes(b"changed")
+    s = backup_paths(repo, [src], opts)
+    assert most[True] == 1 and s.files_changed == 1 and s.files_unchanged == 35
