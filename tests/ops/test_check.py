@@ -74,3 +74,28 @@ def test_walk_problems_come_before_data_problems() -> None:
     repo.backend.put(key, bytes(data))
     report = check_repository(repo, read_all_data=True)
     assert [p.kind for p in report.problems] == ["missing-blob", "corrupt-pack", "corrupt-blob"]
+
+
+def test_the_garbage_collector_is_paused_during_the_check_and_restored_after(monkeypatch) -> None:
+    import gc
+
+    from resurgo.ops import check as check_mod
+
+    repo = new_repo()
+    snapshot_of(repo, [file_node(b"a", [repo.save_blob(BlobType.DATA, b"x" * 3000)[0]])], 1)
+    seen: list[bool] = []
+    real_walk, real_read = check_mod.check_snapshots, check_mod.read_data
+
+    def walk(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return real_walk(*args, **kwargs)
+
+    def read(*args, **kwargs):
+        seen.append(gc.isenabled())
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(check_mod, "check_snapshots", walk)
+    monkeypatch.setattr(check_mod, "read_data", read)
+    assert gc.isenabled()
+    assert check_repository(repo, read_all_data=True).ok
+    assert seen == [False, False] and gc.isenabled()

@@ -18,6 +18,7 @@ import itertools
 import numpy as np
 
 from resurgo.errors import BlobNotFound, ResurgoError
+from resurgo.ops.gcpause import collector_paused
 from resurgo.progress import NULL, Reporter
 from resurgo.repo import BlobType, Repository
 from resurgo.repo.verify import (
@@ -130,15 +131,20 @@ def check_repository(
     # Read snapshots and trees from the repository, not from the local cache:
     # a good cached copy must not hide damage in the repository itself.
     repo.read_through_cache = False
-    reporter.event("phase", name="structure")
-    packs = list_packs(repo)  # one listing for both
-    check_structure(repo, report, reporter, packs=packs)
-    check_index_objects(repo, report)
-    for name, error in repo.dictionaries.verify().items():
-        report.add("corrupt-dictionary", f"dicts/{name}", error)
-    reporter.event("phase", name="snapshots")
-    check_snapshots(repo, report, reporter)
-    if read_all_data or subset:
-        reporter.event("phase", name="read-data", subset=subset)
-        read_data(repo, report, subset=subset, reporter=reporter, packs=packs)
+    # The walk makes a node per entry of every tree and no reference cycles;
+    # the collector would stop the verifying threads ~110 times for nothing
+    # (ops/gcpause.py; check --read-data of the benchmark repository, warm:
+    # 1.59 -> 1.47 s, mean of 3).
+    with collector_paused():
+        reporter.event("phase", name="structure")
+        packs = list_packs(repo)  # one listing for both
+        check_structure(repo, report, reporter, packs=packs)
+        check_index_objects(repo, report)
+        for name, error in repo.dictionaries.verify().items():
+            report.add("corrupt-dictionary", f"dicts/{name}", error)
+        reporter.event("phase", name="snapshots")
+        check_snapshots(repo, report, reporter)
+        if read_all_data or subset:
+            reporter.event("phase", name="read-data", subset=subset)
+            read_data(repo, report, subset=subset, reporter=reporter, packs=packs)
     return report
