@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resurgo.errors import UsageError
-from resurgo.repo import Repository
+from resurgo.repo import BlobType, Repository
 from resurgo.repo.verify import CheckReport, check_structure, parse_subset, read_data, select_subset
 
 from .helpers import PASSWORD, QUICK, blobs_of, new_repo, save_all
@@ -83,3 +83,16 @@ def test_read_data_slices_together_read_every_pack_once() -> None:
         total.blobs_read += part.blobs_read
     assert total.packs_read == structure.packs_checked
     assert total.blobs_read == 150
+
+
+def test_structure_check_matches_blob_ids_that_end_in_nul_bytes() -> None:
+    # The index's ID column drops trailing NULs when read back (NumPy "S").
+    writer = new_repo()
+    ids = [b"\xab" * 30 + b"\0\0", bytes(31) + b"\1", b"\1" + bytes(31)]
+    for data, blob_id in zip(blobs_of(7, 3), ids, strict=True):
+        writer.save_blob(BlobType.DATA, data, blob_id=blob_id)
+    writer.flush()
+    report = CheckReport()
+    check_structure(Repository.open(writer.backend, PASSWORD), report)
+    assert report.ok, report.problems
+    assert report.packs_checked >= 1

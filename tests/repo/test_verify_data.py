@@ -335,6 +335,25 @@ def test_open_digest_counts_the_first_zstd_frame_only_as_open_does() -> None:
     assert _open_digest(sealer, env, b"", len(plain)) == plain
 
 
+@pytest.mark.parametrize("states_size", [True, False], ids=["size-in-header", "no-size"])
+def test_open_digest_of_a_small_frame_with_or_without_its_size_in_the_header(states_size: bool) -> None:
+    # Small blobs stating their size are decompressed in one call, the others streamed.
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key = os.urandom(32)
+    sealer = Sealer(key)
+    plain = b"small and compressible " * 100
+    body = zstandard.ZstdCompressor(write_content_size=states_size).compress(plain)
+    assert (zstandard.frame_content_size(body) == len(plain)) is states_size
+    header = bytes([1, 1, 1, Kind.DATA])
+    nonce = os.urandom(12)
+    env = header + nonce + AESGCM(key).encrypt(nonce, body, header)
+    assert _open_digest(sealer, env, b"", len(plain)) == plain
+    for expect in (len(plain) - 1, 0):  # stated larger than expected: streamed, cut at expect + 1
+        n = sealer.open_digest(Kind.DATA, env, b"", _Hasher(), expect=expect, name="x")
+        assert n == expect + 1
+
+
 def test_open_digest_reports_bad_compressed_data() -> None:
     key = os.urandom(32)
     sealer = Sealer(key)

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import blake3
+import numpy as np
 
 from resurgo.backend import ObjectInfo, layout
 from resurgo.errors import (
@@ -29,7 +30,6 @@ from resurgo.errors import (
     UsageError,
 )
 from resurgo.progress import NULL, Reporter
-from resurgo.repo.index import BlobLocation
 from resurgo.repo.pack import PackedBlob, parse_trailer, trailer_length
 from resurgo.repo.repository import Repository
 
@@ -144,9 +144,13 @@ def check_structure(
     """
     repo.load_index()
     infos = packs if packs is not None else list_packs(repo)
-    by_pack: dict[str, list[BlobLocation]] = {}
-    for loc in repo.index.entries():
-        by_pack.setdefault(loc.pack_hex, []).append(loc)
+    # The index's rows grouped by pack, from its columns: a BlobLocation per
+    # entry cost ~4 us each, most of this function's time.
+    arr = repo.index.arrays()
+    order = np.argsort(arr.pack, kind="stable")
+    bounds = np.searchsorted(arr.pack[order], np.arange(len(arr.packs) + 1)).tolist()
+    by_pack = {arr.packs[p].hex(): order[bounds[p] : bounds[p + 1]]
+               for p in range(len(arr.packs)) if bounds[p + 1] > bounds[p]}
     for pack_hex in sorted(set(by_pack) - set(infos)):
         report.add("missing-pack", f"data/{pack_hex[:2]}/{pack_hex}",
                    f"indexed pack is missing ({len(by_pack[pack_hex])} blobs lost)")
@@ -165,11 +169,19 @@ def check_structure(
             return
         trailers[pack_hex] = blobs
         in_trailer = {(b.type, b.id): b for b in blobs}
-        for loc in by_pack.get(pack_hex, []):
-            b = in_trailer.get((loc.type, loc.id))
-            if b is None or (b.offset, b.length, b.raw_length) != (loc.offset, loc.length, loc.raw_length):
-                report.add("index-mismatch", f"blob {loc.id.hex()}",
-                           f"index says pack {pack_hex[:16]}… offset {loc.offset}, the pack disagrees")
+        rows = by_pack.get(pack_hex)
+        if rows is None:
+            rows = order[:0]
+        for typ, raw_id, off, ln, raw in zip(
+            arr.type[rows].tolist(), arr.ids[rows].tolist(), arr.offset[rows].tolist(),
+            arr.length[rows].tolist(), arr.raw[rows].tolist(), strict=True,
+        ):
+            # NumPy "S" items lose trailing NUL bytes; IDs are exactly 32.
+            blob_id = raw_id if len(raw_id) == 32 else raw_id.ljust(32, b"\0")
+            b = in_trailer.get((typ, blob_id))
+            if b is None or (b.offset, b.length, b.raw_length) != (off, ln, raw):
+                report.add("index-mismatch", f"blob {blob_id.hex()}",
+                           f"index says pack {pack_hex[:16]}… offset {off}, the pack disagrees")
         with report._lock:
             report.packs_checked += 1
             done += 1
