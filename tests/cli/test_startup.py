@@ -89,6 +89,15 @@ def test_importing_the_cli_loads_no_engine_library():
     assert out.strip() == "[]"
 
 
+def test_a_backup_without_excludes_does_not_load_the_pattern_library():
+    out = _python("""
+        import sys
+        import resurgo.cli.cmd_backup, resurgo.ops.backup
+        print("pathspec" in sys.modules)
+    """)
+    assert out.strip() == "False"
+
+
 def test_the_key_is_derived_before_numpy_and_the_repository_facade_are_imported(tmp_path):
     repo = tmp_path / "repo"
     open_repo(str(repo), "pw", create=True, kdf=KDFParams.weak_for_tests()).close()

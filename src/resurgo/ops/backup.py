@@ -35,11 +35,10 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resurgo import __version__
 from resurgo.errors import Interrupted, SourceError
-from resurgo.ops.excludes import Excluder
 from resurgo.ops.gcpause import collector_paused
 from resurgo.progress import NULL, Reporter
 from resurgo.repo import BlobType, Repository
@@ -56,6 +55,11 @@ from resurgo.snapshot.fsmeta import (
 )
 from resurgo.snapshot.model import Node, NodeType, Snapshot, encode_tree
 from resurgo.snapshot.store import find_snapshot, list_snapshots, load_tree, save_snapshot
+
+if TYPE_CHECKING:
+    # Only a type here: the CLI imports it (and pathspec, ~20 ms cold) when
+    # excludes are given.
+    from resurgo.ops.excludes import Excluder
 
 # Files up to this size are read whole, in one read, by the thread that scans
 # their directory, and saved right there: no hand-over to another thread per
