@@ -92,3 +92,21 @@ def test_a_read_the_file_system_rejects_is_done_buffered(big):
     finally:
         view.release()
         os.close(fd)
+
+
+def test_a_file_system_that_refuses_direct_io_is_read_buffered(big, monkeypatch):
+    real_fcntl = direct.fcntl.fcntl
+
+    def refuse(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == direct.fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(22, "Invalid argument")  # as tmpfs did before Linux 6.6
+        return real_fcntl(fd, cmd, arg)
+
+    monkeypatch.setattr(direct.fcntl, "fcntl", refuse)
+    fd = os.open(big, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert not start_direct(fd, os.fstat(fd).st_size)
+        assert not real_fcntl(fd, direct.fcntl.F_GETFL) & os.O_DIRECT
+    finally:
+        os.close(fd)
