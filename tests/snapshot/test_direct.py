@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,16 +24,19 @@ def _evict(path: Path) -> None:
         os.close(fd)
 
 
-def _direct_fd(path: Path) -> int:
+@contextmanager
+def _direct(path: Path, blocks: int) -> Iterator[tuple[int, memoryview]]:
+    """A descriptor of ``path`` switched to direct reads, and an aligned buffer of ``blocks``."""
     fd = os.open(path, os.O_RDONLY)
+    view = memoryview(aligned_buffer(blocks * ALIGN))
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         if not start_direct(fd, os.fstat(fd).st_size):
             unavailable(f"no direct reads on the file system of {path}")
-    except BaseException:
+        yield fd, view
+    finally:
+        view.release()
         os.close(fd)
-        raise
-    return fd
 
 
 @pytest.fixture
@@ -65,33 +70,21 @@ def test_small_files_are_never_switched(big, monkeypatch):
 
 
 def test_direct_reads_return_the_file_and_turn_buffered_at_its_unaligned_end(big):
-    fd = _direct_fd(big)
-    buf = aligned_buffer(16 * ALIGN)
-    view = memoryview(buf)
-    try:
+    with _direct(big, 16) as (fd, view):
         n, still = read_into(fd, view[: 3 * ALIGN + 7], True)  # the length is cut to whole blocks
         assert (n, still) == (3 * ALIGN, True)
         got, still = read_into(fd, view[n:], True)
         assert got == 2 * ALIGN + 123 and not still  # short and unaligned: the end
         assert bytes(view[: n + got]) == big.read_bytes()
         assert read_into(fd, view[n + got :], still) == (0, False)
-    finally:
-        view.release()
-        os.close(fd)
 
 
 def test_a_read_the_file_system_rejects_is_done_buffered(big):
-    fd = _direct_fd(big)
-    buf = aligned_buffer(8 * ALIGN)
-    view = memoryview(buf)
-    try:
+    with _direct(big, 8) as (fd, view):
         # One byte off the alignment: the kernel refuses the direct read (EINVAL).
         got, still = read_into(fd, view[1 : 1 + 2 * ALIGN], True)
         assert not still and got == 2 * ALIGN
         assert bytes(view[1 : 1 + got]) == big.read_bytes()[:got]
-    finally:
-        view.release()
-        os.close(fd)
 
 
 def test_a_file_system_that_refuses_direct_io_is_read_buffered(big, monkeypatch):
