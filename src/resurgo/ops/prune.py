@@ -44,7 +44,7 @@ from resurgo.ops.usage import UsageWalker
 from resurgo.progress import NULL, Reporter
 from resurgo.repo import BlobLocation, BlobType, Repository
 from resurgo.repo.clock import Clock
-from resurgo.repo.index import ENTRY_DTYPE, DecodedIndex, IndexArrays, MemoryIndex
+from resurgo.repo.index import ENTRY_DTYPE, DecodedIndex, IndexArrays, MemoryIndex, padded_id
 from resurgo.repo.lock import ExclusiveLock
 from resurgo.repo.marks import MARKED, SWEEPING, PruneMark, delete_mark, list_marks, save_mark
 from resurgo.repo.pack import PackedBlob
@@ -477,7 +477,7 @@ class _Prune:
             try:
                 data = repo.backend.get(layout.pack(pack_id.hex()))
                 for r in rows:
-                    loc = BlobLocation(int(arr.type[r]), bytes(arr.ids[r]).ljust(32, b"\0"),
+                    loc = BlobLocation(int(arr.type[r]), padded_id(arr.ids[r]),
                                        pack_id, int(arr.offset[r]), int(arr.length[r]),
                                        int(arr.raw[r]))
                     plain = repo.open_blob(loc, data[loc.offset : loc.offset + loc.length])
@@ -498,7 +498,7 @@ class _Prune:
         for d in repo.fetch_index_objects(sorted(repo.index_ids - index_before)).values():
             if isinstance(d, str):
                 continue
-            copied.update((int(t), bytes(i).ljust(32, b"\0"))
+            copied.update((int(t), padded_id(i))
                           for t, i in zip(d.entries["type"], d.entries["id"], strict=True))
         for k in packs:
             pack_id = arr.packs[k]
@@ -506,7 +506,7 @@ class _Prune:
                 continue
             lo, hi = np.searchsorted(sorted_pack, [k, k + 1])
             for r in order[lo:hi]:
-                if used[r] and (int(arr.type[r]), bytes(arr.ids[r]).ljust(32, b"\0")) not in copied:
+                if used[r] and (int(arr.type[r]), padded_id(arr.ids[r])) not in copied:
                     self.warn(f"pack {pack_id.hex()} kept: a blob it holds was not copied")
                     done.remove(pack_id.hex())
                     break

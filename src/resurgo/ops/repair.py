@@ -40,7 +40,7 @@ from resurgo.errors import (
 from resurgo.ops.prune import INDEX_TARGET_ENTRIES
 from resurgo.progress import NULL, Reporter
 from resurgo.repo import BlobLocation, BlobType, Repository
-from resurgo.repo.index import ENTRY_DTYPE
+from resurgo.repo.index import ENTRY_DTYPE, padded_id
 from resurgo.repo.lock import ExclusiveLock
 from resurgo.repo.marks import delete_mark, list_marks
 from resurgo.repo.pack import PackedBlob, parse_trailer, trailer_length, verify_pack_bytes
@@ -130,7 +130,7 @@ def _old_locations(repo: Repository) -> dict[str, list[BlobLocation]]:
     for r in range(len(arr.ids)):
         pid = arr.packs[int(arr.pack[r])]
         out.setdefault(pid.hex(), []).append(BlobLocation(
-            int(arr.type[r]), bytes(arr.ids[r]).ljust(32, b"\0"), pid, int(arr.offset[r]),
+            int(arr.type[r]), padded_id(arr.ids[r]), pid, int(arr.offset[r]),
             int(arr.length[r]), int(arr.raw[r])))
     return out
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from resurgo.errors import CorruptObject
 from resurgo.repo import BlobType
-from resurgo.repo.index import IndexArrays
+from resurgo.repo.index import IndexArrays, padded_id
 
 BATCH = 1 << 16
 
@@ -73,11 +73,6 @@ def rows_of(arr: IndexArrays, ids: np.ndarray, blob_type: int) -> np.ndarray:
     return rows
 
 
-def _as_id(x: bytes) -> bytes:
-    # NumPy "S" items lose trailing NUL bytes when read back; IDs are 32 bytes.
-    return bytes(x).ljust(32, b"\0")
-
-
 class UsageWalker:
     """Walk trees, marking the index rows they reach as used."""
 
@@ -120,7 +115,7 @@ class UsageWalker:
         rows = rows_of(self.arr, ids, blob_type)
         self.used[rows[rows >= 0]] = True
         for x in ids[rows < 0]:
-            self.missing[blob_type].add(_as_id(x))
+            self.missing[blob_type].add(padded_id(x))
 
     def finish(self) -> None:
         """Resolve the IDs still batched (call before reading ``used`` or ``missing``)."""

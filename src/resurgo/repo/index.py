@@ -58,9 +58,10 @@ class BlobLocation:
         return self.pack_id.hex()
 
 
-def _fix_id(b: bytes) -> bytes:
-    # NumPy "S" items drop trailing NUL bytes when read back; IDs are exactly 32.
-    return b if len(b) == 32 else b.ljust(32, b"\0")
+def padded_id(item: bytes) -> bytes:
+    """A blob ID read back from an ``S32`` column: NumPy drops its trailing NUL bytes."""
+    item = bytes(item)
+    return item if len(item) == 32 else item.ljust(32, b"\0")
 
 
 def encode_index(
@@ -316,7 +317,7 @@ class MemoryIndex:
             packs = list(self._packs)
         for i in range(len(ids)):
             yield BlobLocation(
-                int(typ[i]), _fix_id(bytes(ids[i])), packs[int(pack[i])],
+                int(typ[i]), padded_id(ids[i]), packs[int(pack[i])],
                 int(off[i]), int(ln[i]), int(raw[i]),
             )
 

@@ -30,6 +30,7 @@ from resurgo.errors import (
     UsageError,
 )
 from resurgo.progress import NULL, Reporter
+from resurgo.repo.index import padded_id
 from resurgo.repo.pack import PackedBlob, parse_trailer, trailer_length
 from resurgo.repo.repository import Repository
 
@@ -176,8 +177,7 @@ def check_structure(
             arr.type[rows].tolist(), arr.ids[rows].tolist(), arr.offset[rows].tolist(),
             arr.length[rows].tolist(), arr.raw[rows].tolist(), strict=True,
         ):
-            # NumPy "S" items lose trailing NUL bytes; IDs are exactly 32.
-            blob_id = raw_id if len(raw_id) == 32 else raw_id.ljust(32, b"\0")
+            blob_id = padded_id(raw_id)
             b = in_trailer.get((typ, blob_id))
             if b is None or (b.offset, b.length, b.raw_length) != (off, ln, raw):
                 report.add("index-mismatch", f"blob {blob_id.hex()}",
