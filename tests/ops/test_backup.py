@@ -534,24 +534,24 @@ def test_directories_with_a_parent_are_compared_one_at_a_time(repo, tmp_path, mo
         (src / f"d{d}").mkdir(parents=True)
         for f in range(3):
             (src / f"d{d}" / f"f{f}").write_bytes(os.urandom(100))
-    real = backup_mod._Backup._scan_entries
+    real = backup_mod._Backup._add_listed
     lock = threading.Lock()
     active = {True: 0, False: 0}
     most = {True: 0, False: 0}
 
-    def spy(self: backup_mod._Backup, job, tally) -> None:
+    def spy(self: backup_mod._Backup, job, listed, old_nodes, tally) -> None:
         parented = job.old_subtree is not None
         with lock:
             active[parented] += 1
             most[parented] = max(most[parented], active[parented])
         try:
             threading.Event().wait(0.02)  # long enough for another scanner to arrive
-            real(self, job, tally)
+            real(self, job, listed, old_nodes, tally)
         finally:
             with lock:
                 active[parented] -= 1
 
-    monkeypatch.setattr(backup_mod._Backup, "_scan_entries", spy)
+    monkeypatch.setattr(backup_mod._Backup, "_add_listed", spy)
     opts = BackupOptions(read_threads=4)
     backup_paths(repo, [src], opts)
     assert most[False] > 1  # the first backup has no parent: directories in parallel

@@ -7,7 +7,9 @@ is the earlier snapshot whose nodes are compared with the file system: a
 regular file whose size, mtime, ctime, inode and device all equal its node in
 the parent (and whose content blobs are all still in the index, and which was
 read without error) is not read again; its content list is reused. Everything
-else is read, chunked and saved.
+else is read, chunked and saved. The *directory cache* (ops/dircache.py) lets a
+directory whose entries all have the lstat they had in the parent skip its
+parent tree altogether: its tree is the parent's.
 
 Pipeline: directories are scanned by a pool of scanner threads, a few at a
 time in depth-first order (nothing recurses: a 1,000-level deep tree is
@@ -39,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from resurgo import __version__
 from resurgo.errors import Interrupted, SourceError
+from resurgo.ops import dircache
 from resurgo.ops.gcpause import collector_paused
 from resurgo.progress import NULL, Reporter
 from resurgo.repo import BlobType, Repository
@@ -49,6 +52,7 @@ from resurgo.snapshot.fsmeta import (
     group_name,
     holes_from_extents,
     node_from_path,
+    open_dir_for_backup,
     open_for_backup,
     show_path,
     user_name,
@@ -157,6 +161,7 @@ class _DirJob:
 
     __slots__ = (
         "children",
+        "counted",
         "excluded",
         "node",
         "old_nodes",
@@ -165,6 +170,9 @@ class _DirJob:
         "path",
         "pending",
         "result",
+        "reused",
+        "sig",
+        "unclean",
     )
 
     def __init__(self, path: bytes, node: Node, parent: _DirJob | None,
@@ -180,6 +188,14 @@ class _DirJob:
         self.pending = 0  # children not finished yet, once the directory is scanned
         self.excluded = False
         self.result: Node | None = None
+        # The directory cache (ops/dircache.py): the signature of the entries
+        # as listed; whether they matched the cached signature, so that the
+        # files' nodes were not built (``counted``: what the scan counted for
+        # them); whether an entry had a problem (no signature recorded then).
+        self.sig: bytes | None = None
+        self.reused = False
+        self.counted = (0, 0, 0)
+        self.unclean = False
 
 
 class _Tally:
@@ -212,10 +228,6 @@ class _Tally:
 def _small_limit() -> int:
     """Files up to this size are read whole by their directory's scanner."""
     return min(SMALL_FILE_BYTES, PARALLEL_FILE_BYTES)
-
-
-def _entry_name(entry: os.DirEntry[bytes]) -> bytes:
-    return entry.name
 
 
 def _chain(src: Future[Node | None], dst: Future[Node | None]) -> None:
@@ -269,6 +281,13 @@ class _Backup:
         self._closing = False
         self._stop_seen = False
         self._last_progress = 0.0
+        # The directory cache of the parent (ops/dircache.py), if it holds; and
+        # what this backup saw, path -> (tree ID, signature or None), to write
+        # the next one (None: the repository keeps no local state).
+        self.dircache: dircache.DirCache | None = None
+        self.seen: dict[bytes, tuple[bytes, bytes | None]] | None = (
+            {} if repo.keeps_local_state else None
+        )
 
     # -- bookkeeping -------------------------------------------------------------
 
@@ -593,10 +612,8 @@ class _Backup:
             tally.bytes_total += st.st_size
             job.children.append(old)
             return
-        try:
-            node = node_from_path(path, st, name=name)
-        except (OSError, ValueError) as e:
-            self.warn(path, f"cannot read metadata: {e}")
+        node = self._node_of(job, path, name, st)
+        if node is None:
             return
         if node.type is not NodeType.FILE:
             tally.others += 1
@@ -676,6 +693,7 @@ class _Backup:
                     done: Node | None = self._read_file(path, node, st, opened.pop(k))
                 except _SourceProblem as e:
                     self.warn(path, str(e))
+                    job.unclean = True
                     done = None
                 except BaseException as e:
                     if link is not None:
@@ -715,73 +733,152 @@ class _Backup:
         """
         tally = _Tally()
         try:
-            if job.old_subtree is None:
-                self._scan_entries(job, tally)
-            else:
-                # Comparing with the parent is Python work that holds the GIL
-                # (decoding the parent tree, comparing stats): two scanners
-                # doing it at once only hand the GIL to each other at every
-                # lstat. One at a time (no-change backup of the benchmark
-                # dataset, cold, 5 alternating runs: 1.71 -> 1.43 s CPU,
-                # 1.60 -> 1.50 s); the reading of changed files below still
-                # overlaps, and a directory without a parent never waits.
-                with self._comparing:
-                    self._scan_entries(job, tally)
+            self._scan_entries(job, tally)
             self._read_listed(job, tally)
         finally:
             with self._lock:
                 tally.add_to(self.summary)
 
     def _scan_entries(self, job: _DirJob, tally: _Tally) -> None:
-        old_nodes: dict[bytes, Node] = {}
-        if job.old_subtree is not None:
-            try:
-                old_nodes = {n.name: n for n in load_tree(self.repo, job.old_subtree)}
-                job.old_nodes = old_nodes
-            except Exception:
-                job.old_subtree = None  # an unreadable parent tree only costs re-reading
         try:
-            with os.scandir(job.path) as it:
-                entries = sorted(it, key=_entry_name)
+            fd = open_dir_for_backup(job.path)
         except OSError as e:
             self.warn(job.path, f"cannot list directory: {e.strerror or e}")
             job.node.error = "could not list directory"
             return
+        try:
+            listed = self._list(job, fd)
+        finally:
+            os.close(fd)
+        if listed is None:
+            return
+        if self.seen is not None:
+            job.sig = dircache.signature(
+                [dircache.entry_row(name, st) for name, _, st in listed],
+                {(st.st_uid, st.st_gid) for _, _, st in listed},
+            )
+        cache = self.dircache
+        if (
+            cache is not None and job.old_subtree is not None and job.sig is not None
+            and cache.signature(job.path, job.old_subtree) == job.sig
+            and self.repo.has_blob(BlobType.TREE, job.old_subtree)
+        ):
+            self._add_unchanged(job, listed, tally)
+        elif job.old_subtree is None:
+            self._add_listed(job, listed, {}, tally)
+        else:
+            # Comparing with the parent is Python work that holds the GIL
+            # (decoding the parent tree, comparing stats): two scanners doing
+            # it at once only hand the GIL to each other at every lstat. One
+            # at a time (no-change backup of the benchmark dataset, cold, 5
+            # alternating runs: 1.71 -> 1.43 s CPU, 1.60 -> 1.50 s); listing
+            # and the reading of changed files still overlap.
+            with self._comparing:
+                try:
+                    old_nodes = {n.name: n for n in load_tree(self.repo, job.old_subtree)}
+                    job.old_nodes = old_nodes
+                except Exception:
+                    job.old_subtree = None  # an unreadable parent tree only costs re-reading
+                    old_nodes = {}
+                self._add_listed(job, listed, old_nodes, tally)
+
+    def _list(self, job: _DirJob, fd: int) -> list[tuple[bytes, bytes, os.stat_result]] | None:
+        """The entries of ``job``'s directory (open as ``fd``) that are backed up,
+        as (name, path, lstat) in name order; None if there are none to add (the
+        directory is left out, or could not be listed)."""
+        try:
+            # Names come back as str from a descriptor (os.fsdecode): encoded
+            # again, they are the bytes on disk.
+            with os.scandir(fd) as it:
+                entries = sorted((os.fsencode(e.name), e) for e in it)
+        except OSError as e:
+            self.warn(job.path, f"cannot list directory: {e.strerror or e}")
+            job.node.error = "could not list directory"
+            return None
         excl = self.opts.excluder
-        if excl is not None and excl.dir_excluded_by_content(job.path, {e.name for e in entries}):
+        if excl is not None and excl.dir_excluded_by_content(job.path, {n for n, _ in entries}):
             # A marked directory (CACHEDIR.TAG, --exclude-if-present) is left
             # out entirely, marker included, as restic does.
             job.excluded = True
-            return
-        for entry in entries:
+            return None
+        listed: list[tuple[bytes, bytes, os.stat_result]] = []
+        base = job.path.rstrip(b"/") + b"/"
+        for name, entry in entries:
             if self._stop_requested():
-                return
-            path = entry.path
+                return None
+            path = base + name
             try:
                 st = entry.stat(follow_symlinks=False)
             except OSError as err:
                 self.warn(path, f"cannot stat: {err.strerror or err}")
+                job.unclean = True
                 continue
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if excl is not None and excl.excluded(path, is_dir):
+            if excl is not None and excl.excluded(path, stat.S_ISDIR(st.st_mode)):
                 continue
-            old = old_nodes.get(entry.name)
-            if not is_dir:
-                self._add_entry(job, path, entry.name, st, old, tally)
-                continue
-            try:
-                node = node_from_path(path, st, name=entry.name)
-            except (OSError, ValueError) as err:
-                self.warn(path, f"cannot read metadata: {err}")
-                continue
-            tally.dirs += 1
-            old_sub = old.subtree if old is not None and old.type is NodeType.DIR else None
-            sub = _DirJob(path, node, job, old_sub)
-            job.children.append(sub)
-            if self.opts.one_file_system and st.st_dev != job.node.device_id:
-                # A mount point: recorded as an empty directory, not entered.
-                node.subtree = self.repo.save_blob(BlobType.TREE, encode_tree([]))[0]
-                sub.result = node
+            listed.append((name, path, st))
+        return listed
+
+    def _add_listed(self, job: _DirJob,
+                    listed: list[tuple[bytes, bytes, os.stat_result]],
+                    old_nodes: dict[bytes, Node], tally: _Tally) -> None:
+        """Add the listed entries of ``job``, each compared with its node in the
+        parent tree (``old_nodes``), if any."""
+        for name, path, st in listed:
+            old = old_nodes.get(name)
+            if stat.S_ISDIR(st.st_mode):
+                old_sub = old.subtree if old is not None and old.type is NodeType.DIR else None
+                self._add_dir(job, name, path, st, old_sub, tally)
+            else:
+                self._add_entry(job, path, name, st, old, tally)
+
+    def _add_unchanged(self, job: _DirJob,
+                       listed: list[tuple[bytes, bytes, os.stat_result]],
+                       tally: _Tally) -> None:
+        """Add the entries of a directory whose signature is the cached one: its
+        files are counted as unchanged, with no node built; its subdirectories
+        are walked, with their cached trees to compare with."""
+        assert self.dircache is not None
+        job.reused = True
+        cached_tree = self.dircache.tree
+        unchanged = size = others = 0
+        for name, path, st in listed:
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                self._add_dir(job, name, path, st, cached_tree(path), tally)
+            elif stat.S_ISREG(mode):
+                unchanged += 1
+                size += st.st_size
+            else:
+                others += 1
+        job.counted = (unchanged, size, others)
+        tally.unchanged += unchanged
+        tally.bytes_total += size
+        tally.others += others
+
+    def _node_of(self, job: _DirJob, path: bytes, name: bytes, st: os.stat_result) -> Node | None:
+        """The node of an entry of ``job``; None, with a warning, if its metadata
+        cannot be read (the entry is left out)."""
+        try:
+            return node_from_path(path, st, name=name)
+        except (OSError, ValueError) as e:
+            self.warn(path, f"cannot read metadata: {e}")
+            job.unclean = True
+            return None
+
+    def _add_dir(self, job: _DirJob, name: bytes, path: bytes, st: os.stat_result,
+                 old_subtree: bytes | None, tally: _Tally) -> None:
+        """Add the subdirectory ``name`` of ``job`` as a job of its own."""
+        node = self._node_of(job, path, name, st)
+        if node is None:
+            return
+        tally.dirs += 1
+        sub = _DirJob(path, node, job, old_subtree)
+        job.children.append(sub)
+        if self.opts.one_file_system and st.st_dev != job.node.device_id:
+            # A mount point: recorded as an empty directory, not entered.
+            node.subtree = self.repo.save_blob(BlobType.TREE, encode_tree([]))[0]
+            sub.result = node
+            self._record(path, node.subtree, None)
 
     def _scan_job(self, job: _DirJob) -> None:
         try:
@@ -866,6 +963,7 @@ class _Backup:
             job.result = job.node
             return
         nodes: list[Node] = []
+        complete = True  # no file left out for a problem reading it
         for c in job.children:
             if isinstance(c, Future):
                 if c.exception() is not None:
@@ -873,24 +971,81 @@ class _Backup:
                 n = c.result()
                 if n is not None:
                     nodes.append(n)
+                else:
+                    complete = False
             elif isinstance(c, _DirJob):
                 assert c.result is not None
                 if not c.excluded:
                     nodes.append(c.result)
             else:
                 nodes.append(c)
+        if job.reused:
+            if complete and not job.unclean and all(
+                self._as_cached(c) for c in job.children if isinstance(c, _DirJob)
+            ):
+                job.node.subtree = job.old_subtree
+            else:
+                # Something below changed: the files' nodes are the parent's.
+                nodes += self._parent_files(job)
         job.children = []
-        old = job.old_nodes
-        if (
-            old is not None and job.old_subtree is not None and len(old) == len(nodes)
-            and all(old.get(n.name) is n or old.get(n.name) == n for n in nodes)
-            and self.repo.has_blob(BlobType.TREE, job.old_subtree)
-        ):
-            job.node.subtree = job.old_subtree
-        else:
-            job.node.subtree = self.repo.save_blob(BlobType.TREE, encode_tree(nodes))[0]
+        if job.node.subtree is None:
+            old = job.old_nodes
+            if (
+                old is not None and job.old_subtree is not None and len(old) == len(nodes)
+                and all(old.get(n.name) is n or old.get(n.name) == n for n in nodes)
+                and self.repo.has_blob(BlobType.TREE, job.old_subtree)
+            ):
+                job.node.subtree = job.old_subtree
+            else:
+                job.node.subtree = self.repo.save_blob(BlobType.TREE, encode_tree(nodes))[0]
+        clean = (complete and not job.unclean and job.node.error is None
+                 and all(n.error is None for n in nodes))
+        self._record(job.path, job.node.subtree, job.sig if clean else None)
         job.old_nodes = None
         job.result = job.node
+
+    def _record(self, path: bytes, tree: bytes, sig: bytes | None) -> None:
+        if self.seen is not None:
+            self.seen[path] = (tree, sig)
+
+    def _as_cached(self, sub: _DirJob) -> bool:
+        """Whether the subdirectory ``sub`` ended as the directory cache has it."""
+        assert self.dircache is not None and sub.result is not None
+        if sub.excluded:
+            return self.dircache.tree(sub.path) is None
+        return sub.result.error is None and sub.result.subtree == self.dircache.tree(sub.path)
+
+    def _parent_files(self, job: _DirJob) -> list[Node]:
+        """The nodes of the files (everything but subdirectories) of a directory
+        whose signature matched the cache: the parent tree's, or, if that
+        cannot be read after all, the files listed and read again."""
+        assert job.old_subtree is not None
+        try:
+            return [n for n in load_tree(self.repo, job.old_subtree)
+                    if n.type is not NodeType.DIR]
+        except Exception:
+            pass
+        redo = _DirJob(job.path, job.node, None, None)
+        tally = _Tally()
+        self._scan_entries(redo, tally)
+        self._read_listed(redo, tally)
+        nodes: list[Node] = []
+        for c in redo.children:
+            n = c.result() if isinstance(c, Future) else c
+            if isinstance(n, Node):
+                nodes.append(n)
+            elif n is None:
+                job.unclean = True
+        # Counted once already, as unchanged, when the directory was scanned.
+        unchanged, size, others = job.counted
+        tally.unchanged -= unchanged
+        tally.bytes_total -= size
+        tally.others -= others
+        tally.dirs = 0
+        job.unclean |= redo.unclean
+        with self._lock:
+            tally.add_to(self.summary)
+        return nodes
 
     # -- the virtual root ------------------------------------------------------------
 
@@ -1012,6 +1167,12 @@ def _backup_paths(
     path_strs = [os.fsdecode(t) for t in targets]
     parent = _find_parent(repo, opts, host, path_strs)
     b = _Backup(repo, opts, reporter, should_stop)
+    cache_name = dircache.cache_name(host, path_strs)
+    cache_options = dircache.options_key(
+        opts.excluder.describe() if opts.excluder is not None else [], opts.one_file_system
+    )
+    if parent is not None and parent.id is not None and b.seen is not None:
+        b.dircache = dircache.load(repo, cache_name, parent.id, cache_options)
     before = dict(repo.stats_added)
     ok = False
     try:
@@ -1052,6 +1213,8 @@ def _backup_paths(
     )
     b._check_stop()
     s.snapshot_id = save_snapshot(repo, snap)
+    if b.seen is not None:
+        dircache.save(repo, cache_name, s.snapshot_id, cache_options, b.seen)
     reporter.event("summary", **s.as_dict())
     return s
 

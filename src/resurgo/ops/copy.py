@@ -31,7 +31,6 @@ Write order in the destination is the same as for a backup: blobs, then
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import defaultdict
@@ -45,6 +44,7 @@ from resurgo.errors import BlobNotFound, CorruptObject, Interrupted
 from resurgo.ops.backup import keep_uploaded
 from resurgo.progress import NULL, Reporter
 from resurgo.repo import BlobLocation, BlobType, Repository
+from resurgo.repo.cache import read_file, write_atomic
 from resurgo.repo.crypto import Kind
 from resurgo.snapshot.model import Snapshot, encode_tree
 from resurgo.snapshot.store import list_snapshots, load_tree, save_snapshot
@@ -128,9 +128,8 @@ class TranslationMap:
                 self._dirty = True
 
     def _load(self, path: Path) -> None:
-        try:
-            env = path.read_bytes()
-        except OSError:
+        env = read_file(path)
+        if env is None:
             return
         try:
             plain = self._dst.sealer().open(Kind.CACHE, env, self._context, name=str(path))
@@ -152,14 +151,8 @@ class TranslationMap:
                 return
             plain = bytes([_MAP_VERSION]) + b"".join(k + v for k, v in self._map.items())
             self._dirty = False
-        env = self._dst.sealer().seal(Kind.CACHE, plain, self._context)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(env)
-            os.replace(tmp, self.path)
-        except OSError:
-            pass  # only an optimisation: the next copy downloads more
+        # Only an optimisation: if it cannot be written, the next copy downloads more.
+        write_atomic(self.path, self._dst.sealer().seal(Kind.CACHE, plain, self._context))
 
 
 def translation_map_path(cache_dir: Path, src: Repository, dst: Repository) -> Path:

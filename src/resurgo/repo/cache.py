@@ -77,7 +77,7 @@ class RepoCache:
         if not _valid_name(name):
             return None
         path = self._object_path(kind, name)
-        data = _read(path)
+        data = read_file(path)
         if data is None:
             self._count(hit=False)
             return None
@@ -90,7 +90,7 @@ class RepoCache:
 
     def store_object(self, kind: str, name: str, envelope: bytes) -> None:
         if _valid_name(name):
-            _write_atomic(self._object_path(kind, name), envelope)
+            write_atomic(self._object_path(kind, name), envelope)
 
     def drop_object(self, kind: str, name: str) -> None:
         if _valid_name(name) and _unlink(self._object_path(kind, name)):
@@ -134,7 +134,7 @@ class RepoCache:
             verified = pack_hex in self._verified_packs
         chunk: bytes | None
         if not verified:
-            data = _read(path)
+            data = read_file(path)
             if data is None:
                 self._count(hit=False)
                 return None
@@ -158,7 +158,7 @@ class RepoCache:
         """Keep a pack the caller has already checked against its name."""
         if not _valid_name(pack_hex):
             return
-        if _write_atomic(self._pack_path(pack_hex), data):
+        if write_atomic(self._pack_path(pack_hex), data):
             with self._lock:
                 self._verified_packs.add(pack_hex)
 
@@ -200,7 +200,7 @@ class RepoCache:
 # --- file helpers: failures are cache misses, never errors ------------------------------
 
 
-def _read(path: Path) -> bytes | None:
+def read_file(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
     except OSError:
@@ -228,7 +228,7 @@ def _pread(path: Path, offset: int, length: int) -> bytes | None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> bool:
+def write_atomic(path: Path, data: bytes) -> bool:
     """Write ``data`` to ``path`` via a temporary file and a rename. False if it failed."""
     tmp = path.with_name(f"{_TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -42,7 +41,7 @@ from resurgo.errors import (
     UnsupportedVersion,
     UsageError,
 )
-from resurgo.repo.cache import RepoCache
+from resurgo.repo.cache import RepoCache, read_file, write_atomic
 from resurgo.repo.chunker import Chunker
 from resurgo.repo.config import RepoConfig, RepoParams
 from resurgo.repo.crypto import Dictionary, Kind, Sealer
@@ -464,14 +463,34 @@ class Repository:
         # aligned and load as views, not copies (MemoryIndex.load).
         header += b" " * (-(4 + len(header)) % 8)
         plain = index.dump(prefix=(len(header).to_bytes(4, "little"), header))
-        env = self._sealer.seal(Kind.CACHE, plain, compress=False)
+        # The cache is an optimisation; failing to write it is harmless.
+        write_atomic(path, self._sealer.seal(Kind.CACHE, plain, compress=False))
+
+    @property
+    def keeps_local_state(self) -> bool:
+        """Whether this repository has a local cache directory for local state."""
+        return self._cache_dir is not None
+
+    def load_local_state(self, name: str) -> bytes | None:
+        """The local state ``name`` (in this repository's cache directory), or None
+        when there is none, or it is damaged, foreign or not ours (sealed with
+        another key or for another name): local state is never trusted unsealed."""
+        if self._cache_dir is None:
+            return None
+        env = read_file(self._cache_dir / name)
+        if env is None:
+            return None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".index.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_bytes(env)
-            os.replace(tmp, path)
-        except OSError:
-            pass  # the cache is an optimisation; failing to write it is harmless
+            return self._sealer.open(Kind.CACHE, env, _local_context(name), name=name)
+        except (CorruptObject, UnsupportedVersion):
+            return None
+
+    def save_local_state(self, name: str, plain: bytes) -> None:
+        """Seal ``plain`` as the local state ``name``; a failure to write only costs
+        the optimisation the state is for."""
+        if self._cache_dir is not None:
+            write_atomic(self._cache_dir / name,
+                         self._sealer.seal(Kind.CACHE, plain, _local_context(name)))
 
     def lookup(self, blob_type: int, blob_id: bytes) -> BlobLocation | None:
         return self.index.lookup(blob_type, blob_id)
@@ -1000,6 +1019,10 @@ class Repository:
 
 def _superseded_by(decoded: dict[str, DecodedIndex]) -> set[str]:
     return {s.hex() for d in decoded.values() for s in d.supersedes}
+
+
+def _local_context(name: str) -> bytes:
+    return b"local " + name.encode()
 
 
 def _control_context(key: str) -> bytes:

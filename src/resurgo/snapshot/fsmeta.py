@@ -171,19 +171,34 @@ def open_for_backup(path: bytes) -> int:
     lstat from blocking forever; it is cleared again before returning, and the
     caller detects the swap with ``file_changed``.
     """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-    try:
-        fd = os.open(path, flags | os.O_NOATIME)
-    except PermissionError as exc:
-        if exc.errno != errno.EPERM:
-            raise
-        fd = os.open(path, flags)
+    fd = _open_noatime(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     except OSError:
         os.close(fd)
         raise
     return fd
+
+
+def open_dir_for_backup(path: bytes) -> int:
+    """Open a directory for listing (``os.scandir(fd)``) without touching its atime.
+
+    Listing a directory otherwise sets its atime (under ``relatime``, the first
+    time after each change and once a day), which its node in the parent
+    directory records: every directory holding directories would look changed
+    to the next backup. A symlink swapped in after the lstat is not followed.
+    """
+    return _open_noatime(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _open_noatime(path: bytes, flags: int) -> int:
+    # O_NOATIME needs ownership (or CAP_FOWNER): without it, open as usual.
+    try:
+        return os.open(path, flags | os.O_NOATIME)
+    except PermissionError as exc:
+        if exc.errno != errno.EPERM:
+            raise
+        return os.open(path, flags)
 
 
 def file_changed(before: os.stat_result, after: os.stat_result) -> bool:
