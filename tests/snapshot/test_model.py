@@ -389,3 +389,27 @@ def test_decode_snapshot_rejects_unknown_format_version() -> None:
     data = json.dumps({"v": 7, "time_ns": 1, "tree": BLOB}).encode()
     with pytest.raises(UnsupportedVersion, match="snapshot beef"):
         decode_snapshot(data, snapshot_id="beef")
+
+
+@given(
+    field=st.sampled_from([f[0] for f in model._INT_FIELDS] + ["user", "group", "error"]),
+    value=st.one_of(st.integers(-(2**66), 2**66), st.sampled_from([0, 1, 2**32 - 1, 2**32,
+                    2**64 - 1, 2**64, -1, 0o7777, 0o10000]), st.booleans(), st.floats(),
+                    st.text(max_size=3), st.none(), st.lists(st.integers(), max_size=1)),
+)
+def test_a_node_field_is_accepted_exactly_when_of_its_type_and_in_range(field: str, value: Any) -> None:
+    # The decoder checks all integer fields in one expression and only looks
+    # for the culprit when that fails: both must agree with the field table.
+    bounds = {f[0]: f[2:] for f in model._INT_FIELDS}
+    if field in bounds:
+        lo, hi = bounds[field]
+        ok = type(value) is int and (lo is None or value >= lo) and (hi is None or value <= hi)
+    else:
+        ok = value is None or type(value) is str
+    node = file_obj(**{field: value})
+    if ok:
+        (decoded,) = decode_tree(raw_tree(node))
+        assert getattr(decoded, field) == value
+    else:
+        assert_corrupt(raw_tree(node), "not an integer" if field in bounds and type(value) is not int
+                       else "out of range" if field in bounds else "not a string")

@@ -442,6 +442,17 @@ _INT_FIELDS: tuple[tuple[str, int, int | None, int | None], ...] = (
 )
 
 
+def _reject_int_fields(obj: dict[str, Any]) -> None:
+    """Raise for the first integer field of a node that is not an integer in range."""
+    for key, default, lo, hi in _INT_FIELDS:
+        value = obj.get(key, default)
+        if type(value) is not int:
+            raise _Invalid(f"field {key!r} is not an integer")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise _Invalid(f"field {key!r} out of range: {value}")
+    raise AssertionError("integer fields rejected and accepted at once")
+
+
 def _decode_node(obj: Any) -> Node:
     # Every parent tree a backup compares with passes through here, one call per
     # entry: the common cases (plain UTF-8 name, absent optional fields) are
@@ -468,21 +479,29 @@ def _decode_node(obj: Any) -> Node:
     ntype = _NODE_TYPES.get(type_name) if type(type_name) is str else None
     if ntype is None:
         raise _Invalid(f"unknown node type {type_name!r} for {name!r}")
-    ints = []
-    for key, default, lo, hi in _INT_FIELDS:
-        value = get(key, default)
-        if type(value) is not int:
-            raise _Invalid(f"field {key!r} is not an integer")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise _Invalid(f"field {key!r} out of range: {value}")
-        ints.append(value)
-    mode, uid, gid, mtime_ns, atime_ns, ctime_ns, size, inode, device_id, nlink, rdev = ints
-    texts = []
-    for key in ("user", "group", "error"):
-        value = get(key)
-        if value is not None and type(value) is not str:
-            raise _Invalid(f"field {key!r} is not a string")
-        texts.append(value)
+    # The integer fields, checked in one expression (a loop over _INT_FIELDS
+    # costs a third of the decoding); on failure the loop finds which one.
+    mode, uid, gid = get("mode", 0), get("uid", 0), get("gid", 0)
+    mtime_ns, atime_ns, ctime_ns = get("mtime_ns", 0), get("atime_ns", 0), get("ctime_ns", 0)
+    size, inode, device_id = get("size", 0), get("inode", 0), get("device_id", 0)
+    nlink, rdev = get("nlink", 1), get("rdev", 0)
+    if not (
+        type(mode) is int and type(uid) is int and type(gid) is int
+        and type(mtime_ns) is int and type(atime_ns) is int and type(ctime_ns) is int
+        and type(size) is int and type(inode) is int and type(device_id) is int
+        and type(nlink) is int and type(rdev) is int
+        and 0 <= mode <= MAX_MODE and 0 <= uid <= MAX_ID and 0 <= gid <= MAX_ID
+        and 0 <= size <= MAX_U64 and 0 <= inode <= MAX_U64 and 0 <= device_id <= MAX_U64
+        and 0 <= nlink <= MAX_U64 and 0 <= rdev <= MAX_U64
+    ):
+        _reject_int_fields(obj)
+    user, group, error = get("user"), get("group"), get("error")
+    if not ((user is None or type(user) is str) and (group is None or type(group) is str)
+            and (error is None or type(error) is str)):
+        for key in ("user", "group", "error"):
+            if type(get(key, "")) is not str:
+                raise _Invalid(f"field {key!r} is not a string")
+    texts = (user, group, error)
     linktarget = (_get_bytes(obj, "linktarget")
                   if "linktarget" in obj or "linktarget_b64" in obj else None)
     if ntype is NodeType.SYMLINK:
