@@ -1029,6 +1029,11 @@ class _Backup:
         tally = _Tally()
         self._scan_entries(redo, tally)
         self._read_listed(redo, tally)
+        for c in redo.children:
+            if isinstance(c, Future):
+                c.exception()  # wait for the large files
+        # Readers return None on a stop request: never save the tree then.
+        self._check_stop()
         nodes: list[Node] = []
         for c in redo.children:
             n = c.result() if isinstance(c, Future) else c
