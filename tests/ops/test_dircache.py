@@ -371,3 +371,31 @@ def test_every_lstat_field_and_the_name_change_the_signature(field, value):
     # Names are length-prefixed: two entries cannot pass for one.
     two = dircache.signature([dircache.entry_row(b"a", FakeStat()), dircache.entry_row(b"b", FakeStat())], {(1, 1)})  # type: ignore[arg-type]
     assert two != sig(b"ab")
+
+
+@pytest.mark.parametrize("mtime_ns", [2**63 + 5, 13_600_000_000 * 10**9, -(2**63) - 1])
+def test_a_time_beyond_64_bits_still_gets_a_signature_of_its_own(mtime_ns):
+    far = FakeStat(st_mtime_ns=mtime_ns)
+    near = FakeStat(st_mtime_ns=mtime_ns - 1)
+    rows = [dircache.entry_row(b"a", far)]  # type: ignore[arg-type]
+    assert dircache.signature(rows, {(1, 1)}) != dircache.signature(
+        [dircache.entry_row(b"a", near)], {(1, 1)})  # type: ignore[arg-type]
+    assert dircache.signature(rows, {(1, 1)}) != dircache.signature(
+        [dircache.entry_row(b"a", FakeStat())], {(1, 1)})  # type: ignore[arg-type]
+
+
+def test_a_file_dated_past_2262_is_backed_up_and_found_unchanged(repo, tmp_path):
+    src = tmp_path / "src"
+    populate(src, 10)
+    far = src / "d0" / "far.txt"
+    far.write_bytes(b"from the future")
+    t = 13_600_000_000 * 10**9  # 2400-12-29
+    try:
+        os.utime(far, ns=(t, t))
+    except (OSError, OverflowError) as e:
+        pytest.fail(f"this file system cannot store a time past 2262: {e}")
+    assert far.stat().st_mtime_ns == t
+    backup_paths(repo, [src])
+    s = backup_paths(repo, [src])
+    assert s.files_unchanged == 31 and not s.warnings
+    assert tree_without_cache(repo, src) == src_tree(repo, s.snapshot_id, src)

@@ -62,12 +62,21 @@ _RECORD = struct.Struct("<I32sB32s")  # path length, tree ID, has signature, sig
 _HEADER_LEN = struct.Struct("<I")
 
 
+_WIDE = 0xFFFFFFFF  # in place of the name length: a row of fields _ROW cannot hold
+
+
 def entry_row(name: bytes, st: os.stat_result) -> bytes:
     """One entry's part of its directory's signature."""
-    return _ROW.pack(
-        len(name), st.st_mode, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns,
-        st.st_atime_ns, st.st_ctime_ns, st.st_uid, st.st_gid, st.st_nlink, st.st_rdev,
-    ) + name
+    fields = (st.st_mode, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns,
+              st.st_atime_ns, st.st_ctime_ns, st.st_uid, st.st_gid, st.st_nlink, st.st_rdev)
+    try:
+        return _ROW.pack(len(name), *fields) + name
+    except struct.error:
+        # A time past 2262 (ext4 stores them up to 2446) overflows 64 bits:
+        # such a row is written out in decimal, marked so that it cannot be
+        # read as a row of the other kind.
+        text = repr(fields).encode()
+        return struct.pack("<II", _WIDE, len(text)) + text + len(name).to_bytes(4, "little") + name
 
 
 def signature(rows: list[bytes], owners: Iterable[tuple[int, int]]) -> bytes:
