@@ -413,3 +413,8 @@ def test_a_node_field_is_accepted_exactly_when_of_its_type_and_in_range(field: s
     else:
         assert_corrupt(raw_tree(node), "not an integer" if field in bounds and type(value) is not int
                        else "out of range" if field in bounds else "not a string")
+
+
+def test_the_text_field_named_is_the_one_that_is_not_a_string() -> None:
+    # A null user before it must not be blamed (null is allowed).
+    assert_corrupt(raw_tree(file_obj(user=None, group=5)), "field 'group' is not a string")

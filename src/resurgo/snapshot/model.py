@@ -499,9 +499,9 @@ def _decode_node(obj: Any) -> Node:
     if not ((user is None or type(user) is str) and (group is None or type(group) is str)
             and (error is None or type(error) is str)):
         for key in ("user", "group", "error"):
-            if type(get(key, "")) is not str:
+            value = get(key)
+            if value is not None and type(value) is not str:
                 raise _Invalid(f"field {key!r} is not a string")
-    texts = (user, group, error)
     linktarget = (_get_bytes(obj, "linktarget")
                   if "linktarget" in obj or "linktarget_b64" in obj else None)
     if ntype is NodeType.SYMLINK:
@@ -520,9 +520,9 @@ def _decode_node(obj: Any) -> Node:
     holes = _decode_holes(_list(obj, "holes"), size) if "holes" in obj else []
     if (content or holes) and ntype is not NodeType.FILE:
         raise _Invalid(f"{type_name} {name!r} has file content")
-    node = Node(name, ntype, mode, uid, gid, texts[0], texts[1], mtime_ns, atime_ns, ctime_ns,
+    node = Node(name, ntype, mode, uid, gid, user, group, mtime_ns, atime_ns, ctime_ns,
                 size, inode, device_id, nlink, rdev, linktarget, xattrs, content, holes, None,
-                texts[2])
+                error)
     if "subtree" in obj:
         if ntype is not NodeType.DIR:
             raise _Invalid(f"{type_name} {name!r} has a subtree")
