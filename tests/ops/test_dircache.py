@@ -112,11 +112,13 @@ def test_a_change_deep_down_rebuilds_its_ancestors_only(repo, tmp_path, monkeypa
     assert tree_without_cache(repo, src) == src_tree(repo, s.snapshot_id, src)
 
 
-def tree_without_cache(repo: Repository, src: Path) -> bytes | None:
-    """The root tree a backup without the directory cache saves, against the
-    same parent as the last backup."""
+def tree_without_cache(repo: Repository, src: Path,
+                       opts: BackupOptions | None = None) -> bytes | None:
+    """The tree of ``src`` that a backup without the directory cache saves,
+    with the same parent (and excludes) as the last backup."""
+    excluder = opts.excluder if opts is not None else None
     last = backup_paths(without_cache(repo), [src],
-                        BackupOptions(parent=latest_parent(repo, src)))
+                        BackupOptions(excluder=excluder, parent=latest_parent(repo, src)))
     return src_tree(repo, last.snapshot_id, src)
 
 
@@ -246,17 +248,11 @@ def test_a_cache_dir_becoming_valid_or_invalid_changes_the_tree(repo, tmp_path):
     tag.write_bytes(b"Signature: 8a477f597d28d172789f06886806bc55\n")
     s = backup_paths(repo, [src], opts)
     assert s.files_total == 30 - 5
-    assert src_tree(repo, s.snapshot_id, src) == tree_without_cache_opts(repo, src, opts)
+    assert src_tree(repo, s.snapshot_id, src) == tree_without_cache(repo, src, opts)
     tag.write_bytes(b"invalid again\n")
     s = backup_paths(repo, [src], opts)
     assert s.files_total == 31
-    assert src_tree(repo, s.snapshot_id, src) == tree_without_cache_opts(repo, src, opts)
-
-
-def tree_without_cache_opts(repo: Repository, src: Path, opts: BackupOptions) -> bytes | None:
-    last = backup_paths(without_cache(repo), [src],
-                        BackupOptions(excluder=opts.excluder, parent=latest_parent(repo, src)))
-    return src_tree(repo, last.snapshot_id, src)
+    assert src_tree(repo, s.snapshot_id, src) == tree_without_cache(repo, src, opts)
 
 
 def cache_file(repo: Repository) -> Path:
