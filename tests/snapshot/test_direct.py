@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,9 +31,12 @@ def _direct(path: Path, blocks: int) -> Iterator[tuple[int, memoryview]]:
     fd = os.open(path, os.O_RDONLY)
     view = memoryview(aligned_buffer(blocks * ALIGN))
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        if not start_direct(fd, os.fstat(fd).st_size):
-            unavailable(f"no direct reads on the file system of {path}")
+        # Switched on directly, not through the probe (its own test): whether
+        # the pages are still cached must not decide what these tests read.
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_DIRECT)
+        except OSError as e:
+            unavailable(f"no direct reads on the file system of {path}: {e}")
         yield fd, view
     finally:
         view.release()
@@ -56,6 +60,27 @@ def test_the_probe_tells_a_cached_file_from_an_evicted_one(big):
         os.read(fd, 8 * ALIGN)  # the whole file is in the cache now
         assert not uncached(fd, os.fstat(fd).st_size)
         assert not start_direct(fd, os.fstat(fd).st_size)  # cached: read through the cache
+    finally:
+        os.close(fd)
+
+
+def test_the_probe_does_not_see_pages_its_own_earlier_probes_read_ahead(big, monkeypatch):
+    # A probe that misses still starts the kernel's read-ahead from its page
+    # on: probing from the end backwards, no probe can meet what an earlier
+    # one brought in (this file is small enough for one read-ahead to cover).
+    seen: list[int] = []
+    real = os.preadv
+
+    def record(fd: int, buffers: list[bytearray], offset: int, flags: int = 0) -> int:
+        seen.append(offset)
+        return real(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(direct.os, "preadv", record)
+    fd = os.open(big, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        assert direct.uncached(fd, size)
+        assert seen == sorted(seen, reverse=True) and len(seen) == 3
     finally:
         os.close(fd)
 
@@ -96,9 +121,9 @@ def test_a_file_system_that_refuses_direct_io_is_read_buffered(big, monkeypatch)
         return real_fcntl(fd, cmd, arg)
 
     monkeypatch.setattr(direct.fcntl, "fcntl", refuse)
+    monkeypatch.setattr(direct, "uncached", lambda fd, size: True)  # only the refusal decides
     fd = os.open(big, os.O_RDONLY)
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         assert not start_direct(fd, os.fstat(fd).st_size)
         assert not real_fcntl(fd, direct.fcntl.F_GETFL) & os.O_DIRECT
     finally:

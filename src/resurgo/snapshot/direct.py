@@ -52,7 +52,10 @@ def uncached(fd: int, size: int) -> bool:
     if not _RWF_NOWAIT or size <= 0:
         return False
     probe = bytearray(1)
-    for offset in (0, size // 2, size - 1):
+    # From the end backwards: a probe that misses still starts read-ahead from
+    # its page on, which a later probe of a page after it could then find
+    # cached (a small file's whole length fits in one read-ahead).
+    for offset in (size - 1, size // 2, 0):
         try:
             os.preadv(fd, [probe], offset, _RWF_NOWAIT)
         except BlockingIOError:
