@@ -740,28 +740,14 @@ class Repository:
         """
         cache = self._cache
         assert cache is not None
-        # Without read-through, packs this instance fetched itself still count:
-        # their copies were checked against the repository moments ago.
-        with self._lock:
-            trusted = self.read_through_cache or loc.pack_hex in self._fresh_packs
-        if trusted:
-            envelope = cache.read_pack(loc.pack_hex, loc.offset, loc.length)
-            if envelope is not None:
-                try:
-                    return self.open_blob(loc, envelope)
-                except (CorruptObject, UnsupportedVersion):
-                    cache.drop_pack(loc.pack_hex)
+        plain = self._tree_from_cached_pack(cache, loc)
+        if plain is not None:
+            return plain
         with cache.fetch_lock(loc.pack_hex):
-            with self._lock:
-                trusted = self.read_through_cache or loc.pack_hex in self._fresh_packs
-            if trusted:
-                # Another thread may have fetched it while we waited.
-                envelope = cache.read_pack(loc.pack_hex, loc.offset, loc.length)
-                if envelope is not None:
-                    try:
-                        return self.open_blob(loc, envelope)
-                    except (CorruptObject, UnsupportedVersion):
-                        cache.drop_pack(loc.pack_hex)
+            # Another thread may have fetched it while we waited.
+            plain = self._tree_from_cached_pack(cache, loc)
+            if plain is not None:
+                return plain
             data = self.backend.get(layout.pack(loc.pack_hex))
             try:
                 verify_pack_bytes(data, loc.pack_hex)
@@ -771,6 +757,24 @@ class Repository:
             with self._lock:
                 self._fresh_packs.add(loc.pack_hex)
         return self.open_blob(loc, data[loc.offset : loc.offset + loc.length])
+
+    def _tree_from_cached_pack(self, cache: RepoCache, loc: BlobLocation) -> bytes | None:
+        """The blob at ``loc`` from the cached copy of its pack, if that copy may
+        be used and holds it intact; None otherwise (a bad copy is dropped)."""
+        # Without read-through, packs this instance fetched itself still count:
+        # their copies were checked against the repository moments ago.
+        with self._lock:
+            trusted = self.read_through_cache or loc.pack_hex in self._fresh_packs
+        if not trusted:
+            return None
+        envelope = cache.read_pack(loc.pack_hex, loc.offset, loc.length)
+        if envelope is None:
+            return None
+        try:
+            return self.open_blob(loc, envelope)
+        except (CorruptObject, UnsupportedVersion):
+            cache.drop_pack(loc.pack_hex)
+            return None
 
     def verify_blob_id(self, blob_id: bytes, plain: bytes | memoryview) -> bool:
         return self._master.blob_id(plain) == blob_id
