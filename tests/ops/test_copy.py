@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import random
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from resurgo.backend import Backend, ObjectInfo, layout
+from resurgo.backend import Backend, layout
 from resurgo.backend.memory import MemoryBackend
 from resurgo.errors import CorruptObject, WrongPassword
 from resurgo.ops.backup import backup_paths
@@ -25,22 +24,19 @@ from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
 from resurgo.repo.keys import MasterKey
 from resurgo.snapshot.model import NodeType, Snapshot, decode_snapshot, encode_snapshot
 from resurgo.snapshot.store import list_snapshots, walk_tree
+from resurgo.testing.forwarding import ForwardingBackend
 
 SRC_PW, DST_PW = "source password", "destination password"
 
 
-class Counting:
+class Counting(ForwardingBackend):
     """Counts gets and puts (with bytes) per key prefix."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._lock = threading.Lock()
         self.gets: list[tuple[str, int]] = []
         self.puts: list[tuple[str, int]] = []
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         data = self.inner.get(key, offset, length)
@@ -52,18 +48,6 @@ class Counting:
         self.inner.put(key, data, create_only=create_only)
         with self._lock:
             self.puts.append((key, len(memoryview(data))))
-
-    def stat(self, key: str) -> ObjectInfo:
-        return self.inner.stat(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def close(self) -> None:
-        self.inner.close()
 
     def bytes_got(self, prefix: str) -> int:
         return sum(n for key, n in self.gets if key.startswith(prefix))

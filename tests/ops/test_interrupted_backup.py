@@ -9,13 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import resurgo
-from resurgo.backend import Backend, ObjectInfo
+from resurgo.backend import Backend
 from resurgo.backend.local import LocalBackend
 from resurgo.backend.memory import MemoryBackend
 from resurgo.errors import Interrupted
@@ -24,26 +23,20 @@ from resurgo.ops.check import check_repository
 from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
 from resurgo.snapshot.model import NodeType
 from resurgo.snapshot.store import list_snapshots, walk_tree
+from resurgo.testing.forwarding import ForwardingBackend
 
 PASSWORD = "pw"
 PACK = 64 << 10
 
 
-class CountingBackend:
+class CountingBackend(ForwardingBackend):
     """Counts puts (and their bytes) of pack objects."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.pack_puts = 0
         self.pack_bytes = 0
         self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
-
-    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
-        return self.inner.get(key, offset, length)
 
     def put(self, key: str, data: bytes | memoryview, *, create_only: bool = False) -> None:
         self.inner.put(key, data, create_only=create_only)
@@ -51,18 +44,6 @@ class CountingBackend:
             with self._lock:
                 self.pack_puts += 1
                 self.pack_bytes += len(memoryview(data))
-
-    def stat(self, key: str) -> ObjectInfo:
-        return self.inner.stat(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def make_source(root: Path, files: int = 40, size: int = 24 << 10) -> Path:

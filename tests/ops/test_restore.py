@@ -8,12 +8,11 @@ import stat
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from resurgo.backend import Backend, ObjectInfo, layout
+from resurgo.backend import Backend, layout
 from resurgo.backend.local import LocalBackend
 from resurgo.backend.memory import MemoryBackend
 from resurgo.errors import Interrupted, RestoreError, UsageError
@@ -32,39 +31,21 @@ from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
 from resurgo.snapshot.model import Node, NodeType, Snapshot
 from resurgo.snapshot.store import find_snapshot, save_snapshot, walk_tree
 from resurgo.testing.environment import as_root
+from resurgo.testing.forwarding import ForwardingBackend
 
 
-class CountingBackend:
+class CountingBackend(ForwardingBackend):
     """Counts gets per key; everything else passes through."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gets: Counter[str] = Counter()
         self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         with self._lock:
             self.gets[key] += 1
         return self.inner.get(key, offset, length)
-
-    def put(self, key: str, data: bytes | memoryview, *, create_only: bool = False) -> None:
-        self.inner.put(key, data, create_only=create_only)
-
-    def stat(self, key: str) -> ObjectInfo:
-        return self.inner.stat(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def new_repo(backend: Backend | None = None) -> Repository:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-from resurgo.backend import Backend, ObjectInfo
+from resurgo.backend import Backend
 from resurgo.repo import Repository
 from resurgo.snapshot.store import list_snapshots, walk_tree
+from resurgo.testing.forwarding import ForwardingBackend
 from resurgo.testing.servers import SeaweedS3
 
 from .clitools import run_here, s3_env
@@ -17,35 +17,16 @@ from .conftest import make_s3_backend
 PASSWORD = "cached"
 
 
-class CountingGets:
+class CountingGets(ForwardingBackend):
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gets: list[str] = []
         self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         with self._lock:
             self.gets.append(key)
         return self.inner.get(key, offset, length)
-
-    def put(self, key: str, data: bytes | memoryview, *, create_only: bool = False) -> None:
-        self.inner.put(key, data, create_only=create_only)
-
-    def stat(self, key: str) -> ObjectInfo:
-        return self.inner.stat(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def close(self) -> None:
-        self.inner.close()
 
     def count(self, prefix: str) -> int:
         return sum(1 for key in self.gets if key.startswith(prefix))

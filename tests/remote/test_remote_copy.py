@@ -10,14 +10,14 @@ import json
 import os
 import random
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-from resurgo.backend import Backend, ObjectInfo
+from resurgo.backend import Backend
 from resurgo.backend.local import LocalBackend
 from resurgo.ops.copy import copy_snapshots
 from resurgo.repo import Repository
 from resurgo.snapshot.store import list_snapshots
+from resurgo.testing.forwarding import ForwardingBackend
 from resurgo.testing.servers import SeaweedS3, SSHServer
 
 from .clitools import base_env, run, run_here, s3_env, sftp_args, tree_bytes
@@ -26,16 +26,12 @@ from .conftest import make_s3_backend
 LOCAL_PW, S3_PW, SFTP_PW = "local pw", "s3 pw", "sftp pw"
 
 
-class CountingPuts:
+class CountingPuts(ForwardingBackend):
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.puts: list[str] = []
         self.gets: list[tuple[str, int]] = []
         self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         data = self.inner.get(key, offset, length)
@@ -47,18 +43,6 @@ class CountingPuts:
         with self._lock:
             self.puts.append(key)
         self.inner.put(key, data, create_only=create_only)
-
-    def stat(self, key: str) -> ObjectInfo:
-        return self.inner.stat(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def make_tree(root: Path, seed: int) -> Path:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from resurgo.backend import Backend, ObjectInfo
 from resurgo.backend.local import LocalBackend
 from resurgo.backend.memory import MemoryBackend
 from resurgo.backend.s3 import S3Backend
@@ -16,38 +14,18 @@ from resurgo.backend.sftp import SFTPBackend
 from resurgo.backend.validate import CHECKS, FAIL, OK, WARN, ValidationReport, validate_backend
 from resurgo.backend.wrappers import ReadOnlyBackend
 from resurgo.progress import RecordingReporter
+from resurgo.testing.forwarding import ForwardingBackend
 from resurgo.testing.servers import SeaweedS3
 
 SMALL = 1024 * 1024  # large-object size for the local targets: fast, same code path
 
 
-class _Forwarding:
+class _Forwarding(ForwardingBackend):
     """Passes every call to ``inner``; subclasses break one rule on purpose."""
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
 
     @property
     def url(self) -> str:
         return "broken+" + self.inner.url
-
-    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
-        return self.inner.get(key, offset, length)
-
-    def put(self, key: str, data: bytes | memoryview, *, create_only: bool = False) -> None:
-        self.inner.put(key, data, create_only=create_only)
-
-    def stat(self, key: str) -> ObjectInfo:
-        return self.inner.stat(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class IgnoresCreateOnly(_Forwarding):

@@ -16,6 +16,7 @@ from resurgo.errors import InjectedFault
 from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
 from resurgo.repo.crypto import Kind
 from resurgo.repo.index import DecodedIndex, decode_index
+from resurgo.testing.forwarding import ForwardingBackend
 
 PASSWORD = "correct horse"
 
@@ -80,17 +81,13 @@ def indexed_packs(repo: Repository, key: str) -> set[str]:
     return {layout.pack(p.hex()) for p in decode_index_object(repo, key).pack_ids}
 
 
-class RecordingBackend:
+class RecordingBackend(ForwardingBackend):
     """Records every call in order; counts gets per key prefix."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.events: list[tuple[str, str]] = []
         self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
 
     def _log(self, verb: str, key: str) -> None:
         with self._lock:
@@ -117,9 +114,6 @@ class RecordingBackend:
         self._log("delete", key)
         self.inner.delete(key)
 
-    def close(self) -> None:
-        self.inner.close()
-
     def count(self, verb: str, prefix: str) -> int:
         with self._lock:
             return sum(1 for v, k in self.events if v == verb and k.startswith(prefix))
@@ -133,38 +127,19 @@ class RecordingBackend:
             self.events.clear()
 
 
-class FailPutsUnder:
+class FailPutsUnder(ForwardingBackend):
     """Fails every put whose key starts with ``prefix`` (a writer dying there)."""
 
     def __init__(self, inner: Backend, prefix: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.prefix = prefix
         self.failed: list[str] = []
-
-    @property
-    def url(self) -> str:
-        return self.inner.url
-
-    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
-        return self.inner.get(key, offset, length)
 
     def put(self, key: str, data: bytes | memoryview, *, create_only: bool = False) -> None:
         if key.startswith(self.prefix):
             self.failed.append(key)
             raise InjectedFault(f"injected failure writing {key}")
         self.inner.put(key, data, create_only=create_only)
-
-    def stat(self, key: str) -> ObjectInfo:
-        return self.inner.stat(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def save_all(repo: Repository, blobs: list[bytes], blob_type: int = BlobType.DATA) -> list[bytes]:
