@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 # Debian packages the test suite uses (real servers and OS tools). One list, one place.
 DEBIAN_PACKAGES=(
   python3-venv      # .venv
+  gcc               # builds the native directory listing (src/resurgo/snapshot/_dirscan.c)
+  python3-dev       # Python.h for it
   openssh-server    # SFTP backend tests start their own sshd
   attr              # getfattr/setfattr: extended attributes
   acl               # getfacl/setfacl: POSIX ACLs
@@ -65,9 +67,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   quietly python3 -m venv "$VENV"
 fi
 
-# Reinstall only when the project's dependencies or this script changed.
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d" " -f1)
-if [ ! -x "$VENV/bin/resurgo" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+# Reinstall only when the project's dependencies, its C source or this script
+# changed. The editable install builds the extension next to its source.
+want=$(cat pyproject.toml setup.py src/resurgo/snapshot/*.c scripts/setup.sh | sha256sum | cut -d" " -f1)
+native=(src/resurgo/snapshot/_dirscan.*.so)
+if [ ! -x "$VENV/bin/resurgo" ] || [ ! -e "${native[0]}" ] \
+  || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   say "installing Python packages into $VENV"
   quietly "$VENV/bin/python" -m pip install --upgrade pip
   quietly "$VENV/bin/python" -m pip install -e '.[dev,s3,sftp]' "${TEST_PIP_PACKAGES[@]}"

@@ -21,6 +21,7 @@ from resurgo.ops.backup import BackupOptions, backup_paths
 from resurgo.ops.check import check_repository
 from resurgo.ops.excludes import Excluder
 from resurgo.repo import KDFParams, RepoParams, Repository
+from resurgo.snapshot import dirscan
 from resurgo.snapshot.store import find_snapshot, list_snapshots, walk_tree
 
 PW = "pw"
@@ -395,3 +396,51 @@ def test_a_file_dated_past_2262_is_backed_up_and_found_unchanged(repo, tmp_path)
     s = backup_paths(repo, [src])
     assert s.files_unchanged == 31 and not s.warnings
     assert tree_without_cache(repo, src) == src_tree(repo, s.snapshot_id, src)
+
+
+def test_signatures_of_the_native_and_the_python_listing_agree(repo, tmp_path, monkeypatch):
+    """A cache written by one listing is matched by the other, and both save
+    the same trees (snapshot/_dirscan.c against os.scandir + lstat)."""
+    if dirscan.scan is None:
+        pytest.skip("no native listing here (tests/snapshot/test_dirscan.py fails in CI)")
+    src = tmp_path / "src"
+    populate(src, 7)
+    native = backup_paths(repo, [src])
+    monkeypatch.setattr(dirscan, "scan", None)
+    loads = TreeLoads(monkeypatch)
+    python = backup_paths(repo, [src])
+    assert loads.count == len(src.parts) - 1  # every directory matched the native signatures
+    assert src_tree(repo, python.snapshot_id, src) == src_tree(repo, native.snapshot_id, src)
+    (src / "d2" / "e0" / "f1.txt").write_bytes(b"changed")
+    (src / "d5" / "new").mkdir()
+    monkeypatch.undo()
+    loads = TreeLoads(monkeypatch)
+    again = backup_paths(repo, [src])
+    assert loads.count == len(src.parts) - 1 + 4  # the two changed directories and their parents
+    assert src_tree(repo, again.snapshot_id, src) == tree_without_cache(repo, src)
+
+
+def test_a_directory_the_native_listing_leaves_to_python_is_listed_in_python(repo, tmp_path,
+                                                                            monkeypatch):
+    if dirscan.scan is None:
+        pytest.skip("no native listing here (tests/snapshot/test_dirscan.py fails in CI)")
+    src = tmp_path / "src"
+    populate(src, 8)
+    native = dirscan.scan
+    deferred: list[bytes] = []
+
+    def defer_d3(fd: int):  # type: ignore[no-untyped-def]
+        found = native(fd)
+        if found is not None and b"e1" in [name for name, _, _ in found]:
+            deferred.append(os.readlink(f"/proc/self/fd/{fd}").encode())
+            return None
+        return found
+
+    monkeypatch.setattr(dirscan, "scan", defer_d3)
+    first = backup_paths(repo, [src])
+    assert sorted(deferred) == sorted(os.fsencode(src / f"d{d}") for d in (1, 3, 5))
+    assert first.files_new == 30
+    monkeypatch.setattr(dirscan, "scan", None)
+    fresh = without_cache(repo)
+    python = backup_paths(fresh, [src], BackupOptions(force=True))  # every file read again
+    assert src_tree(fresh, python.snapshot_id, src) == src_tree(repo, first.snapshot_id, src)

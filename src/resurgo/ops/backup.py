@@ -45,6 +45,7 @@ from resurgo.ops import dircache
 from resurgo.ops.gcpause import collector_paused
 from resurgo.progress import NULL, Reporter
 from resurgo.repo import BlobType, Repository
+from resurgo.snapshot import dirscan
 from resurgo.snapshot.direct import ALIGN, aligned_buffer, read_into, start_direct
 from resurgo.snapshot.fsmeta import (
     data_extents,
@@ -90,6 +91,10 @@ SCANS_IN_FLIGHT_PER_SCANNER = 4
 # slower disks at 96 descriptors).
 READ_AHEAD_FILES = 48
 _SCANNED, _CHILD = 0, 1
+
+
+# A directory's entries that are backed up: (name, path, lstat), in name order.
+_Listed = list[tuple[bytes, bytes, os.stat_result]]
 
 
 @dataclass
@@ -747,16 +752,16 @@ class _Backup:
             job.node.error = "could not list directory"
             return
         try:
-            listed = self._list(job, fd)
+            got = self._list(job, fd)
         finally:
             os.close(fd)
-        if listed is None:
+        if got is None:
             return
+        listed, rows = got
         if self.seen is not None:
-            job.sig = dircache.signature(
-                [dircache.entry_row(name, st) for name, _, st in listed],
-                {(st.st_uid, st.st_gid) for _, _, st in listed},
-            )
+            if rows is None:
+                rows = [dircache.entry_row(name, st) for name, _, st in listed]
+            job.sig = dircache.signature(rows, {(st.st_uid, st.st_gid) for _, _, st in listed})
         cache = self.dircache
         if (
             cache is not None and job.old_subtree is not None and job.sig is not None
@@ -782,11 +787,15 @@ class _Backup:
                     old_nodes = {}
                 self._add_listed(job, listed, old_nodes, tally)
 
-    def _list(self, job: _DirJob, fd: int) -> list[tuple[bytes, bytes, os.stat_result]] | None:
+    def _list(self, job: _DirJob, fd: int) -> tuple[_Listed, list[bytes] | None] | None:
         """The entries of ``job``'s directory (open as ``fd``) that are backed up,
-        as (name, path, lstat) in name order; None if there are none to add (the
-        directory is left out, or could not be listed)."""
+        as (name, path, lstat) in name order, and their signature rows when the
+        native listing made them; None if there are none to add (the directory
+        is left out, or could not be listed)."""
+        native = dirscan.scan
         try:
+            if native is not None and (found := native(fd)) is not None:
+                return self._kept(job, found)
             # Names come back as str from a descriptor (os.fsdecode): encoded
             # again, they are the bytes on disk.
             with os.scandir(fd) as it:
@@ -801,7 +810,7 @@ class _Backup:
             # out entirely, marker included, as restic does.
             job.excluded = True
             return None
-        listed: list[tuple[bytes, bytes, os.stat_result]] = []
+        listed: _Listed = []
         base = job.path.rstrip(b"/") + b"/"
         for name, entry in entries:
             if self._stop_requested():
@@ -816,10 +825,31 @@ class _Backup:
             if excl is not None and excl.excluded(path, stat.S_ISDIR(st.st_mode)):
                 continue
             listed.append((name, path, st))
-        return listed
+        return listed, None
+
+    def _kept(self, job: _DirJob,
+              found: list[dirscan.ScanEntry]) -> tuple[_Listed, list[bytes]] | None:
+        """The entries of a native listing that are backed up, and their rows."""
+        if self._stop_requested():
+            return None
+        base = job.path.rstrip(b"/") + b"/"
+        excl = self.opts.excluder
+        if excl is None:
+            return [(name, base + name, st) for name, st, _ in found], [r for _, _, r in found]
+        if excl.dir_excluded_by_content(job.path, {name for name, _, _ in found}):
+            job.excluded = True
+            return None
+        listed: _Listed = []
+        rows: list[bytes] = []
+        for name, st, row in found:
+            path = base + name
+            if not excl.excluded(path, stat.S_ISDIR(st.st_mode)):
+                listed.append((name, path, st))
+                rows.append(row)
+        return listed, rows
 
     def _add_listed(self, job: _DirJob,
-                    listed: list[tuple[bytes, bytes, os.stat_result]],
+                    listed: _Listed,
                     old_nodes: dict[bytes, Node], tally: _Tally) -> None:
         """Add the listed entries of ``job``, each compared with its node in the
         parent tree (``old_nodes``), if any."""
@@ -832,7 +862,7 @@ class _Backup:
                 self._add_entry(job, path, name, st, old, tally)
 
     def _add_unchanged(self, job: _DirJob,
-                       listed: list[tuple[bytes, bytes, os.stat_result]],
+                       listed: _Listed,
                        tally: _Tally) -> None:
         """Add the entries of a directory whose signature is the cached one: its
         files are counted as unchanged, with no node built; its subdirectories

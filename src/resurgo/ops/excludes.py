@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from resurgo.errors import UsageError
+from resurgo.snapshot.fsmeta import open_noatime
 
 try:  # pathspec >= 1.0
     from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern as _GitPattern
@@ -93,7 +94,9 @@ def read_pattern_file(path: str | os.PathLike[str]) -> list[str]:
 def _has_header(path: bytes, header: bytes) -> bool:
     """Whether the regular file ``path`` starts with ``header`` (no symlinks, no blocking)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        # Without O_NOATIME, reading the marker would set its atime, which its
+        # node records: the next backup would see the directory changed.
+        fd = open_noatime(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
     try:

@@ -171,7 +171,7 @@ def open_for_backup(path: bytes) -> int:
     lstat from blocking forever; it is cleared again before returning, and the
     caller detects the swap with ``file_changed``.
     """
-    fd = _open_noatime(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    fd = open_noatime(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     except OSError:
@@ -188,10 +188,12 @@ def open_dir_for_backup(path: bytes) -> int:
     directory records: every directory holding directories would look changed
     to the next backup. A symlink swapped in after the lstat is not followed.
     """
-    return _open_noatime(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    return open_noatime(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
-def _open_noatime(path: bytes, flags: int) -> int:
+def open_noatime(path: bytes, flags: int) -> int:
+    """``os.open`` with ``O_NOATIME`` when allowed: reading for a backup must not
+    move the atime that the backup (and the next one) records."""
     # O_NOATIME needs ownership (or CAP_FOWNER): without it, open as usual.
     try:
         return os.open(path, flags | os.O_NOATIME)
