@@ -208,7 +208,7 @@ def flip_file(path: Path, offset: int) -> None:
 def test_a_cached_pack_damaged_after_it_was_verified_fails_authentication_and_is_fetched_again(
     tmp_path: Path,
 ) -> None:
-    # Several trees in one pack: the first read verifies the pack, then the
+    # Several trees in one pack: the first read caches the pack, then the
     # file is damaged under the blob the second read wants.
     cache = tmp_path / "cache"
     inner = MemoryBackend()
@@ -228,7 +228,7 @@ def test_a_cached_pack_damaged_after_it_was_verified_fails_authentication_and_is
     assert same_pack, "the trees should share a pack"
     target = same_pack[0]
     expected = fresh.load_blob(BlobType.TREE, first.id)
-    assert load_tree(fresh, first.id)  # pack now verified by this instance
+    assert load_tree(fresh, first.id)  # pack now cached
     assert expected
     pack_file = cache_root(cache, fresh) / "packs" / first.pack_hex[:2] / first.pack_hex
     flip_file(pack_file, target.offset + target.length // 2)
@@ -238,6 +238,40 @@ def test_a_cached_pack_damaged_after_it_was_verified_fails_authentication_and_is
     assert load_tree(fresh, target.id) == load_tree(repo, target.id)
     assert recording.count("get", layout.pack(first.pack_hex)) == 1
     assert blake3.blake3(pack_file.read_bytes()).hexdigest() == first.pack_hex
+
+
+def test_a_tree_is_read_from_its_cached_pack_alone(tmp_path: Path, monkeypatch) -> None:
+    """Using one tree reads its blob, not the whole pack: damage elsewhere in
+    the cached copy is not noticed (nor needed) until a blob there is read."""
+    cache = tmp_path / "cache"
+    inner = MemoryBackend()
+    writer = new_repo(inner)
+    backup_paths(writer, [make_tree(tmp_path / "src", 5, dirs=3)])
+    repo = Repository.open(inner, PASSWORD, cache_dir=cache)
+    (snap,) = list_snapshots(repo)
+    trees = [node.subtree for _, node in walk_tree(repo, snap.tree)
+             if node.type is NodeType.DIR and node.subtree is not None]
+    fresh = Repository.open(RecordingBackend(inner), PASSWORD, cache_dir=cache)
+    a, b = (fresh.lookup(BlobType.TREE, t) for t in trees[:2])
+    assert a is not None and b is not None and a.pack_id == b.pack_id
+    pack_file = cache_root(cache, fresh) / "packs" / a.pack_hex[:2] / a.pack_hex
+    flip_file(pack_file, b.offset + b.length // 2)
+    reads: list[int] = []
+    real_pread = os.pread
+
+    def counting_pread(fd: int, n: int, offset: int) -> bytes:
+        reads.append(n)
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(os, "pread", counting_pread)
+    assert load_tree(fresh, a.id) == load_tree(repo, a.id)
+    assert sum(reads) == a.length
+    recording = fresh.backend
+    assert isinstance(recording, RecordingBackend)
+    assert recording.count("get", "data/") == 0
+    # The damaged blob fails authentication: the pack is fetched again.
+    assert load_tree(fresh, b.id) == load_tree(repo, b.id)
+    assert recording.count("get", layout.pack(a.pack_hex)) == 1
 
 
 def test_deleting_the_cache_directory_only_costs_downloads(

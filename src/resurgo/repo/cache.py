@@ -15,8 +15,9 @@ repository facade.
 
 Nothing in the cache is trusted. Every entry is named by the hash of its
 content, as in the repository: a snapshot envelope is checked against its name
-on every read, a pack once per cache instance (per process) before its first
-read, and each blob read from it is authenticated by the caller. An entry that
+on every read; of a pack, only the blob a caller wants is read, and the caller
+authenticates it (a whole pack is checked against its name when it is
+fetched, before it is stored). An entry that
 fails any check is deleted and fetched again from the backend. Entries are
 written to a temporary file and renamed into place, so several processes can
 share one cache; losing or deleting the whole cache directory only costs
@@ -55,7 +56,6 @@ class RepoCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
-        self._verified_packs: set[str] = set()
         self._fetch_locks: dict[str, threading.Lock] = {}
         # Counters, for tests and diagnostics.
         self.hits = 0
@@ -121,34 +121,21 @@ class RepoCache:
             return lock
 
     def read_pack(self, pack_hex: str, offset: int, length: int) -> bytes | None:
-        """``length`` bytes at ``offset`` of the cached pack, or None if absent or damaged.
+        """``length`` bytes at ``offset`` of the cached pack, or None if absent or short.
 
-        The whole pack is checked against its name the first time this cache
-        instance reads it; a pack that fails is deleted. The caller
-        authenticates what it reads and calls ``drop_pack`` if that fails.
+        Only those bytes are read: the caller authenticates the blob they hold
+        (its envelope binds the blob's type and ID) and calls ``drop_pack`` if
+        that fails. Checking the whole pack against its name first would read
+        and hash all of it (up to a pack's size) to use one small tree.
         """
         if not _valid_name(pack_hex):
             return None
-        path = self._pack_path(pack_hex)
-        with self._lock:
-            verified = pack_hex in self._verified_packs
-        chunk: bytes | None
-        if not verified:
-            data = read_file(path)
-            if data is None:
-                self._count(hit=False)
-                return None
-            if _hash_hex(data) != pack_hex:
-                self.drop_pack(pack_hex)
-                self._count(hit=False)
-                return None
-            with self._lock:
-                self._verified_packs.add(pack_hex)
-            chunk = data[offset : offset + length]
-        else:
-            chunk = _pread(path, offset, length)
-        if chunk is None or len(chunk) != length:
-            self.drop_pack(pack_hex)  # shrank or vanished since it was verified
+        chunk = _pread(self._pack_path(pack_hex), offset, length)
+        if chunk is None:
+            self._count(hit=False)
+            return None
+        if len(chunk) != length:
+            self.drop_pack(pack_hex)  # truncated: useless for any blob past its end
             self._count(hit=False)
             return None
         self._count(hit=True)
@@ -158,13 +145,9 @@ class RepoCache:
         """Keep a pack the caller has already checked against its name."""
         if not _valid_name(pack_hex):
             return
-        if write_atomic(self._pack_path(pack_hex), data):
-            with self._lock:
-                self._verified_packs.add(pack_hex)
+        write_atomic(self._pack_path(pack_hex), data)
 
     def drop_pack(self, pack_hex: str) -> None:
-        with self._lock:
-            self._verified_packs.discard(pack_hex)
         if _valid_name(pack_hex) and _unlink(self._pack_path(pack_hex)):
             with self._lock:
                 self.dropped += 1
@@ -184,8 +167,6 @@ class RepoCache:
                 continue
             for entry in entries:
                 if entry.name not in pack_hexes and _unlink(Path(entry.path)):
-                    with self._lock:
-                        self._verified_packs.discard(entry.name)
                     removed += 1
         return removed
 
