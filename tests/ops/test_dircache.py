@@ -20,7 +20,7 @@ from resurgo.ops import dircache
 from resurgo.ops.backup import BackupOptions, backup_paths
 from resurgo.ops.check import check_repository
 from resurgo.ops.excludes import Excluder
-from resurgo.repo import KDFParams, RepoParams, Repository
+from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
 from resurgo.snapshot import dirscan
 from resurgo.snapshot.store import find_snapshot, list_snapshots, walk_tree
 
@@ -444,3 +444,31 @@ def test_a_directory_the_native_listing_leaves_to_python_is_listed_in_python(rep
     fresh = without_cache(repo)
     python = backup_paths(fresh, [src], BackupOptions(force=True))  # every file read again
     assert src_tree(fresh, python.snapshot_id, src) == src_tree(repo, first.snapshot_id, src)
+
+
+def test_with_the_cache_valid_the_parents_blobs_are_not_looked_up_again(repo, tmp_path, monkeypatch):
+    """The cache holds only while no index object of the parent's backup left
+    the index, so the content of an unchanged file in a changed directory is
+    reused without asking the index about each of its blobs; without the cache
+    each one is asked."""
+    src = tmp_path / "src"
+    populate(src, 9)
+    backup_paths(repo, [src])
+    asked: list[bytes] = []
+    real_has = repo.has_blob
+
+    def counted(t: int, b: bytes) -> bool:
+        if t == BlobType.DATA:
+            asked.append(b)
+        return real_has(t, b)
+
+    monkeypatch.setattr(repo, "has_blob", counted)
+    (src / "d1" / "e1" / "f0.txt").write_bytes(b"edited")
+    s = backup_paths(repo, [src])
+    assert (s.files_changed, s.files_unchanged) == (1, 29)
+    assert asked == []
+    (src / "d1" / "e1" / "f0.txt").write_bytes(b"edited again")
+    cache_file(repo).unlink()
+    s = backup_paths(repo, [src])
+    assert (s.files_changed, s.files_unchanged) == (1, 29)
+    assert len(asked) >= 3  # the directory's other files' blobs (empty files have none)

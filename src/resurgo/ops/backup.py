@@ -572,6 +572,11 @@ class _Backup:
 
     def _blobs_present(self, old: Node) -> bool:
         # A blob that left the index (damage, or an old parent) forces a re-read.
+        if self.dircache is not None:
+            # The directory cache holds only while every index object of the
+            # parent's backup is still in the index (ops/dircache.py), so every
+            # blob of the parent's nodes is too: that backup checked each one.
+            return True
         has_blob = self.repo.has_blob
         return all(has_blob(BlobType.DATA, b) for b in old.content)
 
