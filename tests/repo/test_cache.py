@@ -205,12 +205,10 @@ def flip_file(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_cached_pack_damaged_after_it_was_verified_fails_authentication_and_is_fetched_again(
-    tmp_path: Path,
-) -> None:
-    # Several trees in one pack: the first read caches the pack, then the
-    # file is damaged under the blob the second read wants.
-    cache = tmp_path / "cache"
+def tree_pack_readers(tmp_path: Path, cache: Path) -> tuple[Repository, Repository, list[bytes]]:
+    """A repository with one small snapshot, opened twice on ``cache`` (the
+    second through a RecordingBackend), and its trees, root first: the
+    first reader has cached their pack."""
     inner = MemoryBackend()
     writer = new_repo(inner)
     backup_paths(writer, [make_tree(tmp_path / "src", 5, dirs=3)])
@@ -220,7 +218,16 @@ def test_a_cached_pack_damaged_after_it_was_verified_fails_authentication_and_is
         node.subtree for _, node in walk_tree(repo, snap.tree)
         if node.type is NodeType.DIR and node.subtree is not None
     ]
-    fresh = Repository.open(RecordingBackend(inner), PASSWORD, cache_dir=cache)
+    return repo, Repository.open(RecordingBackend(inner), PASSWORD, cache_dir=cache), trees
+
+
+def test_a_cached_pack_damaged_after_it_was_verified_fails_authentication_and_is_fetched_again(
+    tmp_path: Path,
+) -> None:
+    # Several trees in one pack: the first read caches the pack, then the
+    # file is damaged under the blob the second read wants.
+    cache = tmp_path / "cache"
+    repo, fresh, trees = tree_pack_readers(tmp_path, cache)
     locs = [fresh.lookup(BlobType.TREE, t) for t in trees]
     first = locs[0]
     assert first is not None
@@ -244,15 +251,8 @@ def test_a_tree_is_read_from_its_cached_pack_alone(tmp_path: Path, monkeypatch) 
     """Using one tree reads its blob, not the whole pack: damage elsewhere in
     the cached copy is not noticed (nor needed) until a blob there is read."""
     cache = tmp_path / "cache"
-    inner = MemoryBackend()
-    writer = new_repo(inner)
-    backup_paths(writer, [make_tree(tmp_path / "src", 5, dirs=3)])
-    repo = Repository.open(inner, PASSWORD, cache_dir=cache)
-    (snap,) = list_snapshots(repo)
-    trees = [node.subtree for _, node in walk_tree(repo, snap.tree)
-             if node.type is NodeType.DIR and node.subtree is not None]
-    fresh = Repository.open(RecordingBackend(inner), PASSWORD, cache_dir=cache)
-    a, b = (fresh.lookup(BlobType.TREE, t) for t in trees[:2])
+    repo, fresh, trees = tree_pack_readers(tmp_path, cache)
+    a, b = (fresh.lookup(BlobType.TREE, t) for t in trees[1:3])
     assert a is not None and b is not None and a.pack_id == b.pack_id
     pack_file = cache_root(cache, fresh) / "packs" / a.pack_hex[:2] / a.pack_hex
     flip_file(pack_file, b.offset + b.length // 2)
