@@ -13,8 +13,8 @@ import pytest
 
 from resurgo.cli import main as cli_main
 from resurgo.cli.main import COMMANDS, _command_in, build_parser
-from resurgo.cli.memory import BLAS_THREADS_VARIABLE, one_blas_thread
 from resurgo.repo import KDFParams
+from resurgo.repo.lazynumpy import BLAS_THREADS_VARIABLE, one_blas_thread
 from resurgo.session import open_repo
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -188,3 +188,34 @@ def test_openblas_starts_without_worker_threads_and_children_see_the_old_environ
     with one_blas_thread():
         assert os.environ[BLAS_THREADS_VARIABLE] == "4"
     assert os.environ[BLAS_THREADS_VARIABLE] == "4"
+
+
+def test_a_backup_with_nothing_changed_and_snapshots_never_import_numpy(tmp_path):
+    repo, cache, src = tmp_path / "repo", tmp_path / "cache", tmp_path / "src"
+    open_repo(str(repo), "pw", create=True, kdf=KDFParams.weak_for_tests()).close()
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_text("x" * 5000)
+    common = ["-r", str(repo), "--cache-dir", str(cache), "--quiet"]
+    _python(f"""
+        from resurgo.cli.main import main
+        assert main({[*common, "backup", str(src)]!r}) == 0
+    """, RESURGO_PASSWORD="pw")
+    out = _python(f"""
+        import os, sys
+        from resurgo.cli.main import main
+        assert main({[*common, "backup", str(src)]!r}) == 0
+        assert main({[*common, "snapshots"]!r}) == 0
+        print("numpy:", "numpy" in sys.modules)
+        with open({str(src / "d" / "small")!r}, "w") as f:
+            f.write("a few bytes")
+        assert main({[*common, "backup", str(src)]!r}) == 0
+        print("numpy:", "numpy" in sys.modules)
+        with open({str(src / "d" / "large")!r}, "wb") as f:
+            f.write(os.urandom(1 << 20))
+        assert main({[*common, "backup", str(src)]!r}) == 0
+        print("numpy:", "numpy" in sys.modules)
+    """, RESURGO_PASSWORD="pw")
+    seen = [line.split()[1] for line in out.splitlines() if line.startswith("numpy:")]
+    # Nothing changed, then a small file (a few small blobs, an index object, the
+    # index cache spliced in Python); a 1 MiB file's envelopes are NumPy buffers.
+    assert seen == ["False", "False", "True"]

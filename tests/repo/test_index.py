@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from resurgo.errors import CorruptObject
 from resurgo.repo.index import (
+    _LAZY_LOOKUPS,
     ENTRY_DTYPE,
     MAGIC,
     BlobLocation,
@@ -211,3 +212,59 @@ def test_cache_bytes_load_as_views_when_aligned_and_as_copies_otherwise() -> Non
         assert [loaded.lookup(i % 2, bytes([i]) * 32) for i in range(100)] == [
             idx.lookup(i % 2, bytes([i]) * 32) for i in range(100)
         ]
+
+
+@QUICK
+@given(packs=pack_tables, probes=st.lists(st.tuples(st.sampled_from([0, 1]), pool_ids), max_size=30))
+def test_a_loaded_index_answers_lookups_before_its_arrays_exist(
+    packs: dict[bytes, list[tuple[int, bytes, int, int, int]]], probes: list[tuple[int, bytes]]
+) -> None:
+    built = MemoryIndex()
+    built.add_decoded([_decoded(packs)])
+    raw = built.dump(prefix=(b"8 bytes!",))
+    lazy = MemoryIndex.load(raw, 8)
+    keys = [(t, bid) for es in packs.values() for t, bid, *_ in es] + probes
+    for t, bid in keys:
+        assert lazy.lookup(t, bid) == built.lookup(t, bid)
+        assert lazy.has(t, bid) == built.has(t, bid)
+    assert len(lazy) == len(built)
+    if 2 * len(keys) <= _LAZY_LOOKUPS:
+        assert lazy._lazy is not None  # answered from the dumped bytes alone
+    assert lazy.pack_ids() == built.pack_ids()  # a bulk use makes the arrays
+    assert lazy._lazy is None
+    assert [lazy.lookup(t, bid) for t, bid in keys] == [built.lookup(t, bid) for t, bid in keys]
+
+
+def test_enough_lookups_make_the_prefix_table() -> None:
+    built = MemoryIndex()
+    for i in range(300):
+        built.add(i % 2, i.to_bytes(2, "big") * 16, bytes([i % 5]) * 32, i, i + 1, i + 2)
+    lazy = MemoryIndex.load(built.dump())
+    for i in range(_LAZY_LOOKUPS):
+        assert lazy.has(i % 2, i.to_bytes(2, "big") * 16)
+    assert lazy._bucket is None
+    assert not lazy.has(1, bytes(32))
+    assert lazy._bucket is not None
+    assert all(lazy.lookup(i % 2, i.to_bytes(2, "big") * 16) == built.lookup(i % 2, i.to_bytes(2, "big") * 16)
+               for i in range(300))
+
+
+@QUICK
+@given(packs=pack_tables,
+       added=st.lists(st.tuples(st.sampled_from([0, 1]), pool_ids,
+                                st.sampled_from([b"p" * 32, bytes(32)]), u32, u32, u32), max_size=12))
+def test_a_loaded_index_dumps_its_additions_as_a_merge_would(
+    packs: dict[bytes, list[tuple[int, bytes, int, int, int]]],
+    added: list[tuple[int, bytes, bytes, int, int, int]],
+) -> None:
+    built = MemoryIndex()
+    built.add_decoded([_decoded(packs)])
+    raw = built.dump()
+    lazy, merged = MemoryIndex.load(raw), MemoryIndex.load(raw)
+    for t, bid, pack, off, ln, r in added:
+        lazy.add(t, bid, pack, off, ln, r)
+        merged.add(t, bid, pack, off, ln, r)
+    merged.compact()  # NumPy's stable merge
+    assert merged._lazy is None or not added
+    assert lazy.dump(prefix=(b"x",)) == merged.dump(prefix=(b"x",))
+    assert lazy._lazy is not None

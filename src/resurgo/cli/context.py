@@ -126,41 +126,37 @@ class Context:
         if self._repo is not None and write and not self.repo_write:
             self.close()  # opened read-only earlier in this run; reopen writable
         if self._repo is None:
-            from resurgo.cli.memory import one_blas_thread
             from resurgo.session import open_repo
 
             password = self.password()
-            # Opening derives the key, then imports the repository facade and NumPy.
-            with one_blas_thread():
-                self._repo = open_repo(
-                    self.repo_url,
-                    password,
-                    cache_dir=self.cache_dir,
-                    options=self.backend_options,
-                    fault_spec=self.fault_spec,
-                    read_only=not write,
-                    preload=preload,
-                )
-            self.repo_write = write
-        return self._repo
-
-    def create_repo(self, params: RepoParams | None = None) -> Repository:
-        """Initialise a new repository at the configured location (``init``)."""
-        from resurgo.cli.memory import one_blas_thread
-        from resurgo.session import open_repo
-
-        password = self.password(confirm=True)
-        with one_blas_thread():
+            # Opening derives the key, then imports the repository facade.
             self._repo = open_repo(
                 self.repo_url,
                 password,
                 cache_dir=self.cache_dir,
                 options=self.backend_options,
                 fault_spec=self.fault_spec,
-                create=True,
-                params=params,
-                kdf=self.kdf(),
+                read_only=not write,
+                preload=preload,
             )
+            self.repo_write = write
+        return self._repo
+
+    def create_repo(self, params: RepoParams | None = None) -> Repository:
+        """Initialise a new repository at the configured location (``init``)."""
+        from resurgo.session import open_repo
+
+        password = self.password(confirm=True)
+        self._repo = open_repo(
+            self.repo_url,
+            password,
+            cache_dir=self.cache_dir,
+            options=self.backend_options,
+            fault_spec=self.fault_spec,
+            create=True,
+            params=params,
+            kdf=self.kdf(),
+        )
         self.repo_write = True
         return self._repo
 

@@ -13,19 +13,14 @@ compression, hashing and encryption, not in malloc, so one arena's lock is not
 contended. (Lowering M_MMAP_THRESHOLD saves more memory but costs ~30 % more
 CPU in page faults, so it is left alone.)
 
-BLAS threads (``one_blas_thread``, around opening the repository): NumPy loads
-OpenBLAS, which starts a pool of one worker per core that busy-waits for work
-before it sleeps. resurgo never calls BLAS (the index only sorts and searches),
-so on 2 cores that pool cost ~60 ms of CPU per command, half of NumPy's import.
+(NumPy's BLAS threads are kept to one where NumPy is imported,
+``resurgo.repo.lazynumpy``.)
 """
 
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 M_ARENA_MAX = -8
 
@@ -49,25 +44,3 @@ def limit_malloc_arenas(arenas: int = 1) -> bool:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return bool(mallopt(M_ARENA_MAX, arenas))
-
-
-BLAS_THREADS_VARIABLE = "OPENBLAS_NUM_THREADS"
-
-
-@contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Load OpenBLAS (with NumPy) inside this block with no worker threads.
-
-    OpenBLAS reads its thread count from the environment once, when it is
-    loaded; the variable is removed again afterwards so that child processes
-    (password commands, ``--stdin-from-command``, plan hooks) see the
-    environment they were given. A value the user set is left alone.
-    """
-    if BLAS_THREADS_VARIABLE in os.environ:
-        yield
-        return
-    os.environ[BLAS_THREADS_VARIABLE] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop(BLAS_THREADS_VARIABLE, None)

@@ -80,15 +80,13 @@ def source_password(args: argparse.Namespace, ctx: Context) -> str:
 
 def open_source(args: argparse.Namespace, ctx: Context, url: str) -> Repository:
     """The source repository, read-only, with its own cache directory under the shared root."""
-    from resurgo.cli.memory import one_blas_thread
     from resurgo.session import open_repo
 
     password = source_password(args, ctx)
-    with one_blas_thread():
-        return open_repo(
-            url,
-            password,
-            cache_dir=ctx.cache_dir,
-            options=dict(args.from_options or []),
-            read_only=True,
-        )
+    return open_repo(
+        url,
+        password,
+        cache_dir=ctx.cache_dir,
+        options=dict(args.from_options or []),
+        read_only=True,
+    )

@@ -14,13 +14,13 @@ authenticated and re-hashed. Nothing here writes to the repository.
 from __future__ import annotations
 
 import itertools
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from resurgo.errors import BlobNotFound, ResurgoError
 from resurgo.ops.gcpause import collector_paused
 from resurgo.progress import NULL, Reporter
 from resurgo.repo import BlobType, Repository
+from resurgo.repo.lazynumpy import numpy
 from resurgo.repo.verify import (
     CheckReport,
     check_index_objects,
@@ -30,6 +30,11 @@ from resurgo.repo.verify import (
 )
 from resurgo.snapshot.model import NodeType, decode_tree
 from resurgo.snapshot.store import load_snapshot
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = numpy()
 
 
 class _DataBlobs:

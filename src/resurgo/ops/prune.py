@@ -26,9 +26,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from resurgo.backend import ObjectInfo, layout
 from resurgo.errors import (
@@ -45,12 +43,18 @@ from resurgo.progress import NULL, Reporter
 from resurgo.repo import BlobLocation, BlobType, Repository
 from resurgo.repo.clock import Clock
 from resurgo.repo.index import ENTRY_DTYPE, DecodedIndex, IndexArrays, MemoryIndex, padded_id
+from resurgo.repo.lazynumpy import numpy
 from resurgo.repo.lock import ExclusiveLock
 from resurgo.repo.marks import MARKED, SWEEPING, PruneMark, delete_mark, list_marks, save_mark
 from resurgo.repo.pack import PackedBlob
 from resurgo.repo.sessions import SESSIONS, SessionInfo, SessionSettings, list_sessions
 from resurgo.repo.verify import read_trailer
 from resurgo.snapshot.store import SNAPSHOTS, load_snapshot
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = numpy()
 
 # Rewritten index objects hold at most about this many entries (52 bytes each).
 INDEX_TARGET_ENTRIES = 1 << 18

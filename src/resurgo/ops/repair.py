@@ -24,9 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from resurgo.backend import ObjectInfo, layout
 from resurgo.errors import (
@@ -41,12 +39,18 @@ from resurgo.ops.prune import INDEX_TARGET_ENTRIES
 from resurgo.progress import NULL, Reporter
 from resurgo.repo import BlobLocation, BlobType, Repository
 from resurgo.repo.index import ENTRY_DTYPE, padded_id
+from resurgo.repo.lazynumpy import numpy
 from resurgo.repo.lock import ExclusiveLock
 from resurgo.repo.marks import delete_mark, list_marks
 from resurgo.repo.pack import PackedBlob, parse_trailer, trailer_length, verify_pack_bytes
 from resurgo.repo.verify import read_trailer
 from resurgo.snapshot.model import Node, NodeType, Snapshot, encode_tree
 from resurgo.snapshot.store import SNAPSHOTS, load_snapshot, load_tree, save_snapshot
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = numpy()
 
 THREADS = 4
 

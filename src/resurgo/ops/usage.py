@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from resurgo.errors import CorruptObject
 from resurgo.repo import BlobType
 from resurgo.repo.index import IndexArrays, padded_id
+from resurgo.repo.lazynumpy import numpy
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = numpy()
 
 BATCH = 1 << 16
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-import numpy as np
 from pyfastcdc import FastCDC
 
 from resurgo.repo.config import RepoConfig
+from resurgo.repo.lazynumpy import numpy
 
 # Read size for files: large reads amortise syscalls and Python overhead per byte.
 READ_SIZE = 16 << 20
@@ -58,6 +58,7 @@ class Chunker:
         eof = False
         while not eof:
             keep = len(carry) if carry is not None else 0
+            np = numpy()
             buf = np.empty(keep + fresh, dtype=np.uint8)
             if carry is not None:
                 buf[:keep] = np.frombuffer(carry, dtype=np.uint8)

@@ -29,12 +29,12 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Protocol
 
-import numpy as np
 import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from resurgo.errors import CorruptObject, UnsupportedVersion
+from resurgo.repo.lazynumpy import numpy
 
 FORMAT_VERSION = 1
 # Envelopes whose body needs a dictionary (compression ZSTD_DICT) say version 2;
@@ -88,6 +88,9 @@ DIGEST_ONE_CALL = 64 << 10
 # input over 16 KiB), and more contexts than cores only take turns on them.
 # Up to POOLED_ABOVE, a thread's own contexts stay at ~0.3 MiB.
 POOLED_ABOVE = 16 << 10
+# Envelopes up to this size are built in a bytearray, larger ones in an
+# uninitialised NumPy buffer (``Sealer.seal_view``).
+SMALL_ENVELOPE = 64 << 10
 LARGE_CONTEXTS = max(2, os.cpu_count() or 2)
 
 
@@ -280,7 +283,11 @@ class Sealer:
         """
         header, body = self._encode(kind, plaintext, compress, dictionary)
         nonce = os.urandom(NONCE_LEN)
-        view = np.empty(len(body) + OVERHEAD, dtype=np.uint8).data
+        size = len(body) + OVERHEAD
+        # Small envelopes (trees, small files) in a bytearray: zeroing a few KB
+        # costs nothing, and a backup that only saves a few trees never
+        # imports NumPy (repo/lazynumpy.py).
+        view = memoryview(bytearray(size)) if size <= SMALL_ENVELOPE else numpy().empty(size, dtype="u1").data
         view[:HEADER_LEN] = header
         view[HEADER_LEN : HEADER_LEN + NONCE_LEN] = nonce
         self._aead.encrypt_into(nonce, body, header + context, view[HEADER_LEN + NONCE_LEN :])

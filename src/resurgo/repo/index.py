@@ -19,29 +19,56 @@ entries added since the last merge. Lookups binary-search the sorted IDs.
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
-
-import numpy as np
+from functools import cache
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from resurgo.errors import CorruptObject
+from resurgo.repo.lazynumpy import numpy as _np
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAGIC = b"RIX1"
 _HEAD = struct.Struct("<4sIII")
-ENTRY_DTYPE = np.dtype(
-    [
-        ("id", "S32"),
-        ("pack", "<u4"),
-        ("offset", "<u4"),
-        ("length", "<u4"),
-        ("raw", "<u4"),
-        ("type", "u1"),
-        ("pad", "V3"),
-    ]
-)
-assert ENTRY_DTYPE.itemsize == 52
+_ENTRY = struct.Struct("<32sIIIIB3x")  # one entry of an index object (entry_dtype)
+# Lookups on an index loaded from the cache do not need NumPy (see
+# MemoryIndex.load); it is imported when one is first needed. A command that
+# only reads a few trees (a backup with nothing changed, `snapshots`) never
+# pays its import, ~65 ms of CPU warm and ~0.1 s cold.
+_LAZY_LOOKUPS = 256
+# ``dump`` splices up to this many added entries into a loaded index's columns
+# in Python; more are merged with NumPy.
+_LAZY_MERGE = 4096
+
+
+@cache
+def entry_dtype() -> np.dtype:
+    """The dtype of an index object's entries (52 bytes)."""
+    np = _np()
+    dt = np.dtype(
+        [
+            ("id", "S32"),
+            ("pack", "<u4"),
+            ("offset", "<u4"),
+            ("length", "<u4"),
+            ("raw", "<u4"),
+            ("type", "u1"),
+            ("pad", "V3"),
+        ]
+    )
+    assert dt.itemsize == 52
+    return dt
+
+
+def __getattr__(name: str) -> Any:
+    # ``ENTRY_DTYPE`` stays importable without importing NumPy with this module.
+    if name == "ENTRY_DTYPE":
+        return entry_dtype()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +98,15 @@ def encode_index(
     sup = list(supersedes)
     pack_ids = list(packs)
     n = sum(len(v) for v in packs.values())
-    arr = np.zeros(n, dtype=ENTRY_DTYPE)
-    i = 0
+    # Packed with struct, not NumPy: a writer encodes each index object it
+    # writes, and one that saved a few trees should not import NumPy for it.
+    out = bytearray(_ENTRY.size * n)
+    pos = 0
     for pno, pid in enumerate(pack_ids):
         for t, bid, off, length, raw in packs[pid]:
-            arr[i] = (bid, pno, off, length, raw, t, b"\0\0\0")
-            i += 1
-    return b"".join(
-        [_HEAD.pack(MAGIC, len(pack_ids), n, len(sup)), *pack_ids, *sup, arr.tobytes()]
-    )
+            _ENTRY.pack_into(out, pos, bid, pno, off, length, raw, t)
+            pos += _ENTRY.size
+    return b"".join([_HEAD.pack(MAGIC, len(pack_ids), n, len(sup)), *pack_ids, *sup, out])
 
 
 def encode_index_arrays(
@@ -88,7 +115,7 @@ def encode_index_arrays(
     """Like ``encode_index``, from an ``ENTRY_DTYPE`` array whose "pack" field
     numbers ``pack_ids`` (prune and repair rewrite large indexes this way)."""
     sup = list(supersedes)
-    arr = np.ascontiguousarray(entries, dtype=ENTRY_DTYPE)
+    arr = _np().ascontiguousarray(entries, dtype=entry_dtype())
     if len(arr) and int(arr["pack"].max()) >= len(pack_ids):
         raise ValueError("index entry refers to a pack outside the table")
     return b"".join(
@@ -110,14 +137,14 @@ def decode_index(data: bytes, *, name: str) -> DecodedIndex:
     if magic != MAGIC:
         raise CorruptObject(name, "not an index object")
     pos = _HEAD.size
-    need = pos + 32 * (n_packs + n_sup) + ENTRY_DTYPE.itemsize * n_entries
+    need = pos + 32 * (n_packs + n_sup) + 52 * n_entries
     if len(data) != need:
         raise CorruptObject(name, "index length does not match its counts")
     pack_ids = [data[pos + 32 * i : pos + 32 * (i + 1)] for i in range(n_packs)]
     pos += 32 * n_packs
     sup = [data[pos + 32 * i : pos + 32 * (i + 1)] for i in range(n_sup)]
     pos += 32 * n_sup
-    entries = np.frombuffer(data, dtype=ENTRY_DTYPE, count=n_entries, offset=pos)
+    entries = _np().frombuffer(data, dtype=entry_dtype(), count=n_entries, offset=pos)
     if n_entries and int(entries["pack"].max()) >= n_packs:
         raise CorruptObject(name, "index entry refers to a pack outside its table")
     return DecodedIndex(pack_ids, sup, entries)
@@ -143,18 +170,65 @@ class MemoryIndex:
     """
 
     MERGE_AT = 65536
+    _ARRAYS = frozenset({"_ids", "_pack", "_off", "_len", "_raw", "_type"})
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._packs: list[bytes] = []
         self._pack_no: dict[bytes, int] = {}
-        self._ids = np.zeros(0, dtype="S32")
-        self._pack = np.zeros(0, dtype="<u4")
-        self._off = np.zeros(0, dtype="<u4")
-        self._len = np.zeros(0, dtype="<u4")
-        self._raw = np.zeros(0, dtype="<u4")
-        self._type = np.zeros(0, dtype="u1")
         self._recent: dict[tuple[int, bytes], tuple[int, int, int, int]] = {}
+        self._set_columns(memoryview(b""), 0, 0)
+
+    def _set_columns(self, buf: memoryview, pos: int, n: int) -> None:
+        """Serve lookups from ``n`` dumped rows at ``pos`` of ``buf`` (as
+        ``dump`` lays them out), read through memoryviews; the NumPy arrays
+        (``_ids`` ... ``_type``) and the prefix table are made when first
+        needed (``_materialize``)."""
+        self._lazy: tuple[memoryview, int, int] | None = (buf, pos, n)
+        self._lazy_lookups = 0
+        self._n = n
+        self._bucket: memoryview | None = None
+        self._id_mv = buf[pos : pos + 32 * n]
+        pos += 32 * n
+        self._pack_mv = buf[pos : pos + 4 * n].cast("I")
+        pos += 4 * n
+        self._off_mv = buf[pos : pos + 4 * n].cast("I")
+        pos += 4 * n
+        self._len_mv = buf[pos : pos + 4 * n].cast("I")
+        pos += 4 * n
+        self._raw_mv = buf[pos : pos + 4 * n].cast("I")
+        pos += 4 * n
+        self._type_mv = buf[pos : pos + n]
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes not set: the arrays of a loaded index
+        # before its first use that needs them.
+        if name in MemoryIndex._ARRAYS and self.__dict__.get("_lazy") is not None:
+            with self._lock:
+                self._materialize()
+            return self.__dict__[name]
+        raise AttributeError(name)
+
+    def _materialize(self) -> None:
+        """Read a loaded index's columns into (read-only) arrays. Caller holds the lock."""
+        if self._lazy is None:
+            return
+        buf, pos, n = self._lazy
+        np = _np()
+
+        def take(dtype: str, size: int) -> Any:
+            nonlocal pos
+            a = np.frombuffer(buf, dtype=dtype, count=n, offset=pos)
+            pos += size * n
+            return a if a.flags.aligned else a.copy()
+
+        self._ids = take("S32", 32)
+        self._pack = take("<u4", 4)
+        self._off = take("<u4", 4)
+        self._len = take("<u4", 4)
+        self._raw = take("<u4", 4)
+        self._type = take("u1", 1)
+        self._lazy = None
         self._refresh_views()
 
     def _refresh_views(self) -> None:
@@ -165,6 +239,8 @@ class MemoryIndex:
         memoryviews give Python-int access without NumPy's per-call overhead
         (a NumPy searchsorted per lookup costs tens of microseconds).
         """
+        np = _np()
+        self._n = len(self._ids)
         prefixes = (
             self._ids.view(np.uint8).reshape(-1, 32)[:, :2].astype(np.uint32) @ np.array([256, 1], np.uint32)
             if len(self._ids) else np.zeros(0, np.uint32)
@@ -198,8 +274,11 @@ class MemoryIndex:
 
     def add_decoded(self, decoded: list[DecodedIndex]) -> None:
         """Bulk-add index objects' entries: one concatenation and one sort for all."""
+        if not any(len(d.entries) for d in decoded):
+            return
         with self._lock:
-            cols: dict[str, list[np.ndarray]] = {k: [] for k in ("id", "pack", "offset", "length", "raw", "type")}
+            np = _np()
+            cols: dict[str, list[Any]] = {k: [] for k in ("id", "pack", "offset", "length", "raw", "type")}
             for d in decoded:
                 if not len(d.entries):
                     continue
@@ -216,6 +295,7 @@ class MemoryIndex:
                 raw: np.ndarray, typ: np.ndarray) -> None:
         if not len(ids):
             return
+        np = _np()
         ids = np.concatenate([self._ids, ids.astype("S32")])
         order = np.argsort(ids, kind="stable")
         self._ids = ids[order]
@@ -231,6 +311,7 @@ class MemoryIndex:
             return
         items = list(self._recent.items())
         n = len(items)
+        np = _np()
         ids = np.array([k[1] for k, _ in items], dtype="S32")
         typ = np.fromiter((k[0] for k, _ in items), dtype="u1", count=n)
         pack = np.fromiter((v[0] for _, v in items), dtype="<u4", count=n)
@@ -249,8 +330,19 @@ class MemoryIndex:
 
     def _row(self, blob_type: int, blob_id: bytes) -> int:
         """The sorted arrays' row of (type, ID), or -1. Caller holds the lock."""
-        pfx = (blob_id[0] << 8) | blob_id[1]
-        lo, hi = self._bucket[pfx], self._bucket[pfx + 1]
+        bucket = self._bucket
+        if bucket is None:
+            # A loaded index not yet read into arrays: bisect all its rows
+            # (~20 probes), until enough lookups make the prefix table pay.
+            self._lazy_lookups += 1
+            if self._lazy_lookups > _LAZY_LOOKUPS:
+                self._materialize()
+                bucket = self._bucket
+        if bucket is None:
+            lo, hi = 0, self._n
+        else:
+            pfx = (blob_id[0] << 8) | blob_id[1]
+            lo, hi = bucket[pfx], bucket[pfx + 1]
         mv = self._id_mv
         while lo < hi:
             mid = (lo + hi) // 2
@@ -288,12 +380,12 @@ class MemoryIndex:
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._ids) + len(self._recent)
+            return self._n + len(self._recent)
 
     def pack_ids(self) -> set[bytes]:
         with self._lock:
             self._merge_recent()
-            used = np.unique(self._pack)
+            used = _np().unique(self._pack)
             return {self._packs[int(i)] for i in used}
 
     def arrays(self) -> IndexArrays:
@@ -338,6 +430,8 @@ class MemoryIndex:
         not copy the whole index a second time.
         """
         with self._lock:
+            if self._lazy is not None and len(self._recent) <= _LAZY_MERGE:
+                return self._dump_lazy(prefix)
             self._merge_recent()
             n = len(self._ids)
             head = struct.pack("<QQ", n, len(self._packs))
@@ -347,17 +441,58 @@ class MemoryIndex:
                  self._type.tobytes()]
             )
 
+    def _dump_lazy(self, prefix: Iterable[bytes]) -> bytes:
+        """``dump`` of a loaded index whose arrays were never made, with its few
+        recent entries spliced into the dumped columns: the same bytes as
+        merging them with NumPy (a stable sort by ID puts an added entry after
+        the rows with its ID, and added entries with one ID in the order they
+        were added). Caller holds the lock."""
+        assert self._lazy is not None
+        buf, pos, n = self._lazy
+        mv = self._id_mv
+        inserts: list[tuple[int, bytes, tuple[int, int, int, int], int]] = []
+        for (t, bid), loc in sorted(self._recent.items(), key=lambda kv: kv[0][1]):
+            lo, hi = 0, n
+            while lo < hi:  # first row with an ID above ``bid``
+                mid = (lo + hi) // 2
+                if mv[mid * 32 : mid * 32 + 32].tobytes() <= bid:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            inserts.append((lo, bid, loc, t))
+        widths = (32, 4, 4, 4, 4, 1)
+        columns: list[list[bytes | memoryview]] = [[] for _ in widths]
+        starts = []
+        for w in widths:
+            starts.append(pos)
+            pos += w * n
+        prev = 0
+        u32 = struct.Struct("<I").pack
+        for row, bid, (pno, off, ln, raw), t in inserts:
+            fields = (bid.ljust(32, b"\0")[:32], u32(pno), u32(off), u32(ln), u32(raw), bytes([t]))
+            for col, w, start, value in zip(columns, widths, starts, fields, strict=True):
+                col.append(buf[start + prev * w : start + row * w])
+                col.append(value)
+            prev = row
+        for col, w, start in zip(columns, widths, starts, strict=True):
+            col.append(buf[start + prev * w : start + n * w])
+        head = struct.pack("<QQ", n + len(inserts), len(self._packs))
+        return b"".join([*prefix, head, *self._packs, *(p for col in columns for p in col)])
+
     @classmethod
     def load(cls, data: bytes | memoryview, offset: int = 0) -> MemoryIndex:
         """An index from ``dump()``'s bytes at ``offset`` of ``data``.
 
-        The arrays are read-only views into ``data``, not copies: the index
-        cache costs its size once, not twice (the arrays are replaced, never
-        written, when entries are added). A column that is not aligned in
-        ``data`` is copied (lookups read the columns through memoryviews, which
-        need aligned items); ``dump`` callers pad their prefix to 8 bytes.
+        Nothing is copied: lookups read the columns through memoryviews of
+        ``data`` at first, and NumPy is not even imported until something needs
+        the arrays (adding, merging, dumping, bulk scans) or enough lookups
+        were made that the prefix table pays (``_LAZY_LOOKUPS``). The arrays
+        are then read-only views into ``data`` too: the index cache costs its
+        size once, not twice (the arrays are replaced, never written, when
+        entries are added). A column that is not aligned in ``data`` is copied
+        then; ``dump`` callers pad their prefix to 8 bytes.
         """
-        buf = memoryview(data)
+        buf = memoryview(data).cast("B")
         n, np_ = struct.unpack_from("<QQ", buf, offset)
         pos = offset + 16
         if pos + 32 * np_ + 49 * n != len(buf):
@@ -365,19 +500,8 @@ class MemoryIndex:
         idx = cls()
         idx._packs = [bytes(buf[pos + 32 * i : pos + 32 * (i + 1)]) for i in range(np_)]
         idx._pack_no = {p: i for i, p in enumerate(idx._packs)}
-        pos += 32 * np_
-
-        def take(dtype: str, size: int) -> np.ndarray:
-            nonlocal pos
-            a = np.frombuffer(buf, dtype=dtype, count=n, offset=pos)
-            pos += size * n
-            return a if a.flags.aligned else a.copy()
-
-        idx._ids = take("S32", 32)
-        idx._pack = take("<u4", 4)
-        idx._off = take("<u4", 4)
-        idx._len = take("<u4", 4)
-        idx._raw = take("<u4", 4)
-        idx._type = take("u1", 1)
-        idx._refresh_views()
+        idx._set_columns(buf, pos + 32 * np_, n)
+        if sys.byteorder != "little":
+            with idx._lock:  # the memoryviews read native order; the cache is little-endian
+                idx._materialize()
         return idx

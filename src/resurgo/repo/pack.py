@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import cast
 
 import blake3
-import numpy as np
 
 from resurgo.backend import StagedObject
 from resurgo.errors import CorruptObject
 from resurgo.repo.crypto import Kind, Sealer
+from resurgo.repo.lazynumpy import numpy
 
 _ENTRY = struct.Struct("<B32sII")
 _COUNT = struct.Struct("<I")
@@ -176,6 +176,7 @@ class PackWriter:
         parts += (trailer, _COUNT.pack(len(trailer)))
         if self._stage is not None:
             return self._finish_staged(parts)
+        np = numpy()
         buf = np.empty(total, dtype=np.uint8)
         pos = 0
         for i, part in enumerate(parts):

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import blake3
-import numpy as np
 
 from resurgo.backend import Backend, layout, stager
 from resurgo.errors import (
@@ -68,6 +67,9 @@ from resurgo.repo.keys import (
 from resurgo.repo.marks import SWEEPING, list_marks
 from resurgo.repo.pack import PackedBlob, PackWriter, verify_pack_bytes
 from resurgo.repo.sessions import SessionLost, SessionSettings, WriterSession
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class BlobType(IntEnum):

@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import blake3
-import numpy as np
 
 from resurgo.backend import ObjectInfo, layout
 from resurgo.errors import (
@@ -31,8 +31,14 @@ from resurgo.errors import (
 )
 from resurgo.progress import NULL, Reporter
 from resurgo.repo.index import padded_id
+from resurgo.repo.lazynumpy import numpy
 from resurgo.repo.pack import PackedBlob, parse_trailer, trailer_length
 from resurgo.repo.repository import Repository
+
+if TYPE_CHECKING:
+    import numpy as np
+else:
+    np = numpy()
 
 TAIL_READ = 64 << 10
 THREADS = 4
