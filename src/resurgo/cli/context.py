@@ -17,7 +17,7 @@ import argparse
 import getpass
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from resurgo.cli.passwords import (
     PasswordSources,
@@ -126,39 +126,24 @@ class Context:
         if self._repo is not None and write and not self.repo_write:
             self.close()  # opened read-only earlier in this run; reopen writable
         if self._repo is None:
-            from resurgo.session import open_repo
-
-            password = self.password()
             # Opening derives the key, then imports the repository facade.
-            self._repo = open_repo(
-                self.repo_url,
-                password,
-                cache_dir=self.cache_dir,
-                options=self.backend_options,
-                fault_spec=self.fault_spec,
-                read_only=not write,
-                preload=preload,
-            )
+            self._repo = self._open(self.password(), read_only=not write, preload=preload)
             self.repo_write = write
         return self._repo
 
     def create_repo(self, params: RepoParams | None = None) -> Repository:
         """Initialise a new repository at the configured location (``init``)."""
-        from resurgo.session import open_repo
-
-        password = self.password(confirm=True)
-        self._repo = open_repo(
-            self.repo_url,
-            password,
-            cache_dir=self.cache_dir,
-            options=self.backend_options,
-            fault_spec=self.fault_spec,
-            create=True,
-            params=params,
-            kdf=self.kdf(),
-        )
+        self._repo = self._open(self.password(confirm=True), create=True, params=params,
+                                kdf=self.kdf())
         self.repo_write = True
         return self._repo
+
+    def _open(self, password: str, **how: Any) -> Repository:
+        """``session.open_repo`` on the location and options of the global flags."""
+        from resurgo.session import open_repo
+
+        return open_repo(self.repo_url, password, cache_dir=self.cache_dir,
+                         options=self.backend_options, fault_spec=self.fault_spec, **how)
 
     def close(self) -> None:
         repo, self._repo = self._repo, None
