@@ -190,7 +190,7 @@ def test_openblas_starts_without_worker_threads_and_children_see_the_old_environ
     assert os.environ[BLAS_THREADS_VARIABLE] == "4"
 
 
-def test_a_backup_with_nothing_changed_and_snapshots_never_import_numpy(tmp_path):
+def test_a_backup_with_nothing_changed_and_snapshots_never_import_numpy_or_the_chunker(tmp_path):
     repo, cache, src = tmp_path / "repo", tmp_path / "cache", tmp_path / "src"
     open_repo(str(repo), "pw", create=True, kdf=KDFParams.weak_for_tests()).close()
     (src / "d").mkdir(parents=True)
@@ -206,6 +206,7 @@ def test_a_backup_with_nothing_changed_and_snapshots_never_import_numpy(tmp_path
         assert main({[*common, "backup", str(src)]!r}) == 0
         assert main({[*common, "snapshots"]!r}) == 0
         print("numpy:", "numpy" in sys.modules)
+        print("chunker library:", "pyfastcdc" in sys.modules)  # nothing was cut
         with open({str(src / "d" / "small")!r}, "w") as f:
             f.write("a few bytes")
         assert main({[*common, "backup", str(src)]!r}) == 0
@@ -219,3 +220,4 @@ def test_a_backup_with_nothing_changed_and_snapshots_never_import_numpy(tmp_path
     # Nothing changed, then a small file (a few small blobs, an index object, the
     # index cache spliced in Python); a 1 MiB file's envelopes are NumPy buffers.
     assert seen == ["False", "False", "True"]
+    assert "chunker library: False" in out.splitlines()
