@@ -335,6 +335,23 @@ PyMODINIT_FUNC PyInit__dirscan(void)
         PyErr_SetString(PyExc_ImportError, "os.stat_result is not a type");
         return NULL;
     }
+    /* stat_result() fills exactly the 19 fields of CPython's Linux build; an
+     * interpreter with other fields gets the Python listing instead. */
+    long counts[2] = {-1, -1};
+    const char *names[2] = {"n_fields", "n_sequence_fields"};
+    for (int i = 0; i < 2; i++) {
+        PyObject *n = PyObject_GetAttrString(type, names[i]);
+        if (n != NULL) {
+            counts[i] = PyLong_AsLong(n);
+            Py_DECREF(n);
+        }
+        PyErr_Clear();
+    }
+    if (counts[0] != 19 || counts[1] != 10) {
+        Py_DECREF(type);
+        PyErr_SetString(PyExc_ImportError, "os.stat_result has other fields than expected");
+        return NULL;
+    }
     stat_result_type = (PyTypeObject *)type; /* kept for the life of the process */
     return PyModule_Create(&module_def);
 }
