@@ -34,6 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from resurgo.errors import CorruptObject, UnsupportedVersion
+from resurgo.repo.lazynumpy import loaded as numpy_loaded
 from resurgo.repo.lazynumpy import numpy
 
 FORMAT_VERSION = 1
@@ -88,8 +89,8 @@ DIGEST_ONE_CALL = 64 << 10
 # input over 16 KiB), and more contexts than cores only take turns on them.
 # Up to POOLED_ABOVE, a thread's own contexts stay at ~0.3 MiB.
 POOLED_ABOVE = 16 << 10
-# Envelopes up to this size are built in a bytearray, larger ones in an
-# uninitialised NumPy buffer (``Sealer.seal_view``).
+# Envelopes up to this size are built in a bytearray while NumPy is not
+# loaded, the others in an uninitialised NumPy buffer (``Sealer.seal_view``).
 SMALL_ENVELOPE = 64 << 10
 LARGE_CONTEXTS = max(2, os.cpu_count() or 2)
 
@@ -284,10 +285,15 @@ class Sealer:
         header, body = self._encode(kind, plaintext, compress, dictionary)
         nonce = os.urandom(NONCE_LEN)
         size = len(body) + OVERHEAD
-        # Small envelopes (trees, small files) in a bytearray: zeroing a few KB
-        # costs nothing, and a backup that only saves a few trees never
-        # imports NumPy (repo/lazynumpy.py).
-        view = memoryview(bytearray(size)) if size <= SMALL_ENVELOPE else numpy().empty(size, dtype="u1").data
+        if kind is not Kind.DATA and size <= SMALL_ENVELOPE and not numpy_loaded():
+            # Until something else needs NumPy, small envelopes other than
+            # data go in a bytearray, so a backup that saves only a few trees
+            # never imports it (repo/lazynumpy.py). Not data: a million small
+            # files sealed that way peaked 35 MiB higher (521 against 485 MiB),
+            # and 14 MiB when only the first 65,536 were.
+            view = memoryview(bytearray(size))
+        else:
+            view = numpy().empty(size, dtype="u1").data
         view[:HEADER_LEN] = header
         view[HEADER_LEN : HEADER_LEN + NONCE_LEN] = nonce
         self._aead.encrypt_into(nonce, body, header + context, view[HEADER_LEN + NONCE_LEN :])

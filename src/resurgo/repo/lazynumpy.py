@@ -40,6 +40,11 @@ def one_blas_thread() -> Iterator[None]:
         os.environ.pop(BLAS_THREADS_VARIABLE, None)
 
 
+def loaded() -> bool:
+    """Whether NumPy has been imported (by ``numpy()``) in this process."""
+    return _module is not None
+
+
 def numpy() -> Any:
     """The ``numpy`` module, imported on the first call."""
     global _module
