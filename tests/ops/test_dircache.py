@@ -23,7 +23,6 @@ from resurgo.ops.excludes import Excluder
 from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
 from resurgo.snapshot import dirscan
 from resurgo.snapshot.store import find_snapshot, list_snapshots, walk_tree
-from resurgo.testing.environment import unavailable
 
 PW = "pw"
 
@@ -399,11 +398,10 @@ def test_a_file_dated_past_2262_is_backed_up_and_found_unchanged(repo, tmp_path)
     assert tree_without_cache(repo, src) == src_tree(repo, s.snapshot_id, src)
 
 
-def test_signatures_of_the_native_and_the_python_listing_agree(repo, tmp_path, monkeypatch):
+def test_signatures_of_the_native_and_the_python_listing_agree(repo, tmp_path, monkeypatch,
+                                                             scan):
     """A cache written by one listing is matched by the other, and both save
     the same trees (snapshot/_dirscan.c against os.scandir + lstat)."""
-    if dirscan.scan is None:
-        unavailable("resurgo.snapshot._dirscan is not built (scripts/setup.sh builds it)")
     src = tmp_path / "src"
     populate(src, 7)
     native = backup_paths(repo, [src])
@@ -422,12 +420,10 @@ def test_signatures_of_the_native_and_the_python_listing_agree(repo, tmp_path, m
 
 
 def test_a_directory_the_native_listing_leaves_to_python_is_listed_in_python(repo, tmp_path,
-                                                                            monkeypatch):
-    if dirscan.scan is None:
-        unavailable("resurgo.snapshot._dirscan is not built (scripts/setup.sh builds it)")
+                                                                            monkeypatch, scan):
     src = tmp_path / "src"
     populate(src, 8)
-    native = dirscan.scan
+    native = scan
     deferred: list[bytes] = []
 
     def defer_d3(fd: int):  # type: ignore[no-untyped-def]

@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resurgo.ops import dircache
-from resurgo.snapshot import dirscan
 from resurgo.testing.environment import as_root, unavailable
 
 STAT_FIELDS = [
@@ -27,15 +26,6 @@ STAT_FIELDS = [
     "st_atime", "st_mtime", "st_ctime", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
     "st_blksize", "st_blocks", "st_rdev",
 ]
-
-
-@pytest.fixture
-def scan():
-    if dirscan.scan is None:
-        if dirscan.NATIVE_EXPECTED:
-            unavailable("resurgo.snapshot._dirscan is not built (scripts/setup.sh builds it)")
-        pytest.skip("no native listing on this platform")
-    return dirscan.scan
 
 
 def listing(scan, path: Path):
