@@ -69,10 +69,9 @@ def test_unchanged_files_are_not_read_again_and_changed_ones_are(repo, tmp_path)
     second = backup_paths(repo, [src])
     assert second.files_unchanged == 50 and second.bytes_read == 0
     assert second.parent == first.snapshot_id
-    # The first backup's directory reads updated the directory's atime; once
-    # that settled, an unchanged tree is reused whole: the same subtree, no
-    # data. (Ancestors such as /tmp may change under parallel tests: only the
-    # trees above src may be new.)
+    # An unchanged tree is reused whole: the same subtree, no data.
+    # (Ancestors such as /tmp may change under parallel tests: only the trees
+    # above src may be new.)
     third = backup_paths(repo, [src])
     assert third.files_unchanged == 50 and third.bytes_read == 0
     snaps = list_snapshots(repo)

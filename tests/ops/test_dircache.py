@@ -23,6 +23,7 @@ from resurgo.ops.excludes import Excluder
 from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
 from resurgo.snapshot import dirscan
 from resurgo.snapshot.store import find_snapshot, list_snapshots, walk_tree
+from resurgo.testing.environment import unavailable
 
 PW = "pw"
 
@@ -113,14 +114,43 @@ def test_a_change_deep_down_rebuilds_its_ancestors_only(repo, tmp_path, monkeypa
     assert tree_without_cache(repo, src) == src_tree(repo, s.snapshot_id, src)
 
 
+def test_listing_directories_between_backups_changes_no_tree(repo, tmp_path, monkeypatch):
+    """Listing a directory moves its atime (under relatime, the first listing
+    after a change): ``updatedb`` or an ``ls -R`` between backups must not make
+    its tree, or its parents', differ; a directory's atime is not recorded."""
+    src = tmp_path / "src"
+    populate(src, 3)
+    dirs = sorted(p for p in src.rglob("*") if p.is_dir())
+    for d in dirs:
+        st_ = d.stat()  # an atime before the mtime: the next listing moves it
+        os.utime(d, ns=(st_.st_mtime_ns - 10**12, st_.st_mtime_ns))
+    first = backup_paths(repo, [src])
+    for d in dirs:
+        os.listdir(d)
+    moved = [d for d in dirs if d.stat().st_atime_ns > d.stat().st_mtime_ns - 10**12]
+    if not moved:
+        unavailable("the file system does not update atimes")
+    assert moved == dirs
+    loads = TreeLoads(monkeypatch)
+    second = backup_paths(repo, [src])
+    assert loads.count == len(src.parts) - 1  # every directory matched its signature
+    assert src_tree(repo, second.snapshot_id, src) == src_tree(repo, first.snapshot_id, src)
+    nodes = dict(walk_tree(repo, find_snapshot(repo, second.snapshot_id).tree))
+    assert {nodes[os.fsencode(d).lstrip(b"/")].atime_ns for d in dirs} == {0}
+    assert tree_without_cache(repo, src) == src_tree(repo, first.snapshot_id, src)
+
+
 def tree_without_cache(repo: Repository, src: Path,
                        opts: BackupOptions | None = None) -> bytes | None:
     """The tree of ``src`` that a backup without the directory cache saves,
     with the same parent (and excludes) as the last backup."""
     excluder = opts.excluder if opts is not None else None
-    last = backup_paths(without_cache(repo), [src],
+    other = without_cache(repo)
+    last = backup_paths(other, [src],
                         BackupOptions(excluder=excluder, parent=latest_parent(repo, src)))
-    return src_tree(repo, last.snapshot_id, src)
+    # Read through the instance that saved it: the trees above src (/tmp...)
+    # may have changed under parallel tests, and ``repo`` has not seen those.
+    return src_tree(other, last.snapshot_id, src)
 
 
 def latest_parent(repo: Repository, src: Path) -> str:

@@ -512,6 +512,22 @@ def test_apply_metadata_on_symlink_sets_owner_and_times_of_the_link_itself(tmp_p
     assert os.stat(target).st_uid == 0
 
 
+def test_a_directory_node_records_no_atime_and_restores_with_its_mtime(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    os.utime(d, ns=(OLDER_NS, OLD_NS))
+    node = node_from_path(b(d))
+    assert (node.type, node.mtime_ns, node.atime_ns) == (NodeType.DIR, OLD_NS, 0)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert apply_metadata(b(out), node, owner=False) == []
+    assert (os.lstat(out).st_mtime_ns, os.lstat(out).st_atime_ns) == (OLD_NS, OLD_NS)
+    # A snapshot made before directories' atimes were left out still has them.
+    node.atime_ns = OLDER_NS
+    assert apply_metadata(b(out), node, owner=False) == []
+    assert (os.lstat(out).st_mtime_ns, os.lstat(out).st_atime_ns) == (OLD_NS, OLDER_NS)
+
+
 def test_apply_metadata_returns_warnings_for_refused_xattrs(tmp_path: Path) -> None:
     link = tmp_path / "l"
     os.symlink("nowhere", link)

@@ -11,8 +11,8 @@ After each backup of a set of paths on a host, a cache file in the
 repository's local cache directory records, for every directory the backup
 saved, its path, the ID of the tree saved for it and a *signature*: a BLAKE3
 hash of its entries as ``lstat`` saw them (name, type and mode, inode,
-device, size, mtime, atime, ctime, uid, gid, link count, device number, and
-the user and group names of the uids and gids). Everything a node stores is
+device, size, mtime, atime (0 for a directory, whose atime its node does not
+record), ctime, uid, gid, link count, device number, and the user and group names of the uids and gids). Everything a node stores is
 one of those fields, or is covered by the ctime (extended attributes, a
 symlink's target), or is the content, which the backup reuses on the same
 evidence as a parent's node (size, mtime, ctime, inode and device unchanged).
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from collections.abc import Iterable
 
@@ -54,9 +55,9 @@ import blake3
 from resurgo.repo import Repository
 from resurgo.snapshot.fsmeta import group_name, user_name
 
-FORMAT = 1
+FORMAT = 2  # 2: a directory's row has 0 in place of its atime
 # One entry's lstat fields, then its name: name length, st_mode, inode,
-# device, size, mtime, atime, ctime, uid, gid, link count, rdev.
+# device, size, mtime, atime (0 for a directory), ctime, uid, gid, link count, rdev.
 _ROW = struct.Struct("<IIQQqqqqIIQQ")
 _RECORD = struct.Struct("<I32sB32s")  # path length, tree ID, has signature, signature
 _HEADER_LEN = struct.Struct("<I")
@@ -66,9 +67,13 @@ _WIDE = 0xFFFFFFFF  # in place of the name length: a row of fields _ROW cannot h
 
 
 def entry_row(name: bytes, st: os.stat_result) -> bytes:
-    """One entry's part of its directory's signature."""
+    """One entry's part of its directory's signature.
+
+    A subdirectory's atime is left out, as its node leaves it out
+    (``fsmeta.node_from_path``): listing it must not change its parent's signature.
+    """
     fields = (st.st_mode, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns,
-              st.st_atime_ns, st.st_ctime_ns, st.st_uid, st.st_gid, st.st_nlink, st.st_rdev)
+              0 if stat.S_ISDIR(st.st_mode) else st.st_atime_ns, st.st_ctime_ns, st.st_uid, st.st_gid, st.st_nlink, st.st_rdev)
     try:
         return _ROW.pack(len(name), *fields) + name
     except struct.error:

@@ -15,8 +15,8 @@
  *   as Python sorts bytes. ``lstat`` holds what os.lstat would return for the
  *   entry, field for field. ``row`` is exactly ``resurgo.ops.dircache.entry_row``
  *   of the entry: struct "<IIQQqqqqIIQQ" (name length, st_mode, inode, device,
- *   size, mtime, atime and ctime in ns, uid, gid, link count, rdev), then the
- *   name. Tests check both against os.lstat and entry_row.
+ *   size, mtime, atime (0 for a directory) and ctime in ns, uid, gid, link
+ *   count, rdev), then the name. Tests check both against os.lstat and entry_row.
  *
  *   None when an entry cannot be stat'ed (it vanished, access denied) or has
  *   a time that does not fit in 64 bits of nanoseconds: the caller then lists
@@ -182,7 +182,8 @@ static int fill_row(const entry_t *e, unsigned char *row)
     put_u64(row + 16, (uint64_t)e->st.st_dev);
     put_u64(row + 24, (uint64_t)(int64_t)e->st.st_size);
     put_u64(row + 32, (uint64_t)mtime);
-    put_u64(row + 40, (uint64_t)atime);
+    /* A directory's atime is not in its node, so not in its row either. */
+    put_u64(row + 40, S_ISDIR(e->st.st_mode) ? 0 : (uint64_t)atime);
     put_u64(row + 48, (uint64_t)ctime);
     put_u32(row + 56, (uint32_t)e->st.st_uid);
     put_u32(row + 60, (uint32_t)e->st.st_gid);

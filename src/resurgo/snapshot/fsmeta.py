@@ -128,6 +128,13 @@ def node_from_path(
 ) -> Node:
     """A node describing ``path`` itself (lstat; symlinks are not followed).
 
+    A directory's atime is not recorded (0, absent from its node): anything
+    that lists the directory moves it (``updatedb``, ``ls``, a backup tool
+    without ``O_NOATIME``), and recording it would make every listed
+    directory's tree, and its parents', look changed to the next backup. borg
+    and kopia record none either; restore sets a directory's atime to its
+    mtime (``_apply``).
+
     ``st`` saves the lstat when the caller has it; ``name`` defaults to the last
     path component. ``size`` is recorded for regular files only; ``content``,
     ``holes`` and ``subtree`` are left for the caller to fill. Raises OSError
@@ -147,7 +154,7 @@ def node_from_path(
         user_name(st.st_uid),
         group_name(st.st_gid),
         st.st_mtime_ns,
-        st.st_atime_ns,
+        st.st_atime_ns if ntype is not NodeType.DIR else 0,
         st.st_ctime_ns,
         st.st_size if ntype is NodeType.FILE else 0,
         st.st_ino,
@@ -433,11 +440,14 @@ def _apply(
             if xname in ACL_XATTRS:
                 _set_xattr(target, xname, xattrs[xname], warnings, shown)
 
+    # A directory's atime is not recorded (node_from_path): it gets its mtime,
+    # as borg restores an entry without one.
+    atime_ns = node.atime_ns or (node.mtime_ns if node.type is NodeType.DIR else 0)
     try:
         if by_fd:
-            os.utime(target, ns=(node.atime_ns, node.mtime_ns))
+            os.utime(target, ns=(atime_ns, node.mtime_ns))
         else:
-            os.utime(target, ns=(node.atime_ns, node.mtime_ns), follow_symlinks=False)
+            os.utime(target, ns=(atime_ns, node.mtime_ns), follow_symlinks=False)
     except OSError as exc:
         warnings.append(f"{shown}cannot set times: {exc.strerror}")
     return warnings
