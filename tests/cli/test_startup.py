@@ -190,7 +190,7 @@ def test_openblas_starts_without_worker_threads_and_children_see_the_old_environ
     assert os.environ[BLAS_THREADS_VARIABLE] == "4"
 
 
-def test_a_backup_with_nothing_changed_and_snapshots_never_import_numpy_or_the_chunker(tmp_path):
+def test_a_backup_of_a_few_changes_and_snapshots_never_import_numpy(tmp_path):
     repo, cache, src = tmp_path / "repo", tmp_path / "cache", tmp_path / "src"
     open_repo(str(repo), "pw", create=True, kdf=KDFParams.weak_for_tests()).close()
     (src / "d").mkdir(parents=True)
@@ -212,13 +212,41 @@ def test_a_backup_with_nothing_changed_and_snapshots_never_import_numpy_or_the_c
         assert main({[*common, "backup", str(src)]!r}) == 0
         print("numpy:", "numpy" in sys.modules)
         with open({str(src / "d" / "large")!r}, "wb") as f:
-            f.write(os.urandom(1 << 20))
+            f.write(os.urandom(20 << 20))  # read as a stream, cut into chunks
         assert main({[*common, "backup", str(src)]!r}) == 0
         print("numpy:", "numpy" in sys.modules)
     """, RESURGO_PASSWORD="pw")
     seen = [line.split()[1] for line in out.splitlines() if line.startswith("numpy:")]
     # Nothing changed (only the trees above the target are saved: an index
-    # object, the index cache spliced in Python); then data, whose envelopes
-    # are NumPy buffers.
-    assert seen == ["False", "True", "True"]
+    # object, the index cache spliced in Python); then a small file; then a
+    # large one, read into buffers that do not need NumPy either.
+    assert seen == ["False", "False", "False"]
     assert "chunker library: False" in out.splitlines()
+
+
+def test_envelopes_without_numpy_are_limited_and_buffers_are_writable():
+    out = _python("""
+        import sys
+        from resurgo.repo import crypto
+        from resurgo.repo.crypto import Kind, Sealer
+        from resurgo.repo.lazynumpy import buffer
+
+        for size in (0, 100, 1 << 20):
+            b = buffer(size)
+            b[:] = bytes(size)
+            assert len(b) == size and not b.readonly
+        assert "numpy" not in sys.modules
+        crypto.ENVELOPES_WITHOUT_NUMPY = 3
+        sealer = Sealer(bytes(32), compression_level=3)
+        seen = []
+        for i in range(5):
+            env = sealer.seal_view(Kind.DATA, b"blob %d" % i * 100)
+            assert sealer.open(Kind.DATA, env, name="b") == b"blob %d" % i * 100
+            seen.append("numpy" in sys.modules)
+        print(seen)
+        b = buffer(1 << 20)
+        print(type(b.obj).__module__)
+    """)
+    lines = out.strip().splitlines()
+    assert lines[0] == "[False, False, False, True, True]"
+    assert lines[1] == "numpy"

@@ -64,8 +64,10 @@ def cut_pipe(c: Chunker, data: bytes, read_size: int, write_sizes: list[int]) ->
     try:
         out = [bytes(x) for x in c.fd_chunks(r, read_size=read_size)]
     finally:
-        t.join()
+        # Closed first: should fd_chunks fail, the feeder's next write fails
+        # too (EPIPE) instead of blocking the join for ever.
         os.close(r)
+        t.join()
     return out
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from resurgo.repo.config import RepoConfig
-from resurgo.repo.lazynumpy import numpy
+from resurgo.repo.lazynumpy import buffer
 
 # Read size for files: large reads amortise syscalls and Python overhead per byte.
 READ_SIZE = 16 << 20
@@ -56,11 +56,11 @@ class Chunker:
 
         Yields read-only views into read buffers that are never written again
         once a view of them is out: zero-copy, and safe to hand to other
-        threads (a view keeps its buffer alive). Each buffer is a fresh NumPy
-        array (not zeroed first) that starts with the previous buffer's
-        undecided tail, copied with the GIL released, and is then filled by
+        threads (a view keeps its buffer alive). Each buffer is fresh
+        (``lazynumpy.buffer``: not zeroed first, and without importing NumPy)
+        and starts with the previous buffer's undecided tail, then is filled by
         ``readv`` straight from the kernel: each byte is copied once, where
-        ``carry + os.read(...)`` copied it twice, the second time under the GIL.
+        ``carry + os.read(...)`` copied it twice.
         A cut is trusted only when at least ``max_size`` bytes follow its start
         or the data has ended, because FastCDC decides a boundary from at most
         ``max_size`` bytes: so results equal ``cut()`` over the whole stream.
@@ -70,15 +70,13 @@ class Chunker:
         eof = False
         while not eof:
             keep = len(carry) if carry is not None else 0
-            np = numpy()
-            buf = np.empty(keep + fresh, dtype=np.uint8)
+            view = buffer(keep + fresh)
             if carry is not None:
-                buf[:keep] = np.frombuffer(carry, dtype=np.uint8)
+                view[:keep] = carry
                 carry = None
-            view = buf.data  # a writable memoryview of the array
             filled = keep
             # Fill it (pipes return short reads): a cut needs max_size bytes after it.
-            while filled < len(buf):
+            while filled < len(view):
                 n = os.readv(fd, [view[filled:]])
                 if n == 0:
                     eof = True

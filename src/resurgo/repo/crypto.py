@@ -34,8 +34,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from resurgo.errors import CorruptObject, UnsupportedVersion
+from resurgo.repo.lazynumpy import buffer, numpy
 from resurgo.repo.lazynumpy import loaded as numpy_loaded
-from resurgo.repo.lazynumpy import numpy
 
 FORMAT_VERSION = 1
 # Envelopes whose body needs a dictionary (compression ZSTD_DICT) say version 2;
@@ -89,9 +89,9 @@ DIGEST_ONE_CALL = 64 << 10
 # input over 16 KiB), and more contexts than cores only take turns on them.
 # Up to POOLED_ABOVE, a thread's own contexts stay at ~0.3 MiB.
 POOLED_ABOVE = 16 << 10
-# Envelopes up to this size are built in a bytearray while NumPy is not
-# loaded, the others in an uninitialised NumPy buffer (``Sealer.seal_view``).
-SMALL_ENVELOPE = 64 << 10
+# While NumPy is not loaded, this many envelopes are built in buffers that do
+# not need it, the others in uninitialised NumPy buffers (``Sealer.seal_view``).
+ENVELOPES_WITHOUT_NUMPY = 4096
 LARGE_CONTEXTS = max(2, os.cpu_count() or 2)
 
 
@@ -207,6 +207,7 @@ class Sealer:
         # POOLED_ABOVE use the shared pool instead.
         self._local = threading.local()
         self._large = _ContextPool(LARGE_CONTEXTS)
+        self._unloaded_envelopes = 0  # envelopes built without NumPy (seal_view)
 
     def compressor(self) -> zstandard.ZstdCompressor:
         """This thread's zstd context at the sealer's level (no dictionary)."""
@@ -285,13 +286,14 @@ class Sealer:
         header, body = self._encode(kind, plaintext, compress, dictionary)
         nonce = os.urandom(NONCE_LEN)
         size = len(body) + OVERHEAD
-        if kind is not Kind.DATA and size <= SMALL_ENVELOPE and not numpy_loaded():
-            # Until something else needs NumPy, small envelopes other than
-            # data go in a bytearray, so a backup that saves only a few trees
-            # never imports it (repo/lazynumpy.py). Not data: a million small
-            # files sealed that way peaked 35 MiB higher (521 against 485 MiB),
-            # and 14 MiB when only the first 65,536 were.
-            view = memoryview(bytearray(size))
+        if not numpy_loaded() and self._unloaded_envelopes < ENVELOPES_WITHOUT_NUMPY:
+            # Until something else needs NumPy, envelopes go in buffers that
+            # do not import it (``lazynumpy.buffer``), so a backup that saves
+            # a few trees and files never does. Only so many: a million small
+            # files sealed in bytearrays peaked 35 MiB higher (521 against 485
+            # MiB), and 14 MiB when only the first 65,536 were.
+            self._unloaded_envelopes += 1  # a race only lets a few more through
+            view = buffer(size)
         else:
             view = numpy().empty(size, dtype="u1").data
         view[:HEADER_LEN] = header

@@ -15,6 +15,7 @@ see the environment they were given; a value the user set is left alone.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections.abc import Iterator
@@ -43,6 +44,24 @@ def one_blas_thread() -> Iterator[None]:
 def loaded() -> bool:
     """Whether NumPy has been imported (by ``numpy()``) in this process."""
     return _module is not None
+
+
+def buffer(size: int) -> memoryview:
+    """A writable buffer of ``size`` bytes, contents unspecified, that costs
+    neither NumPy's import nor a zeroing pass over a large buffer.
+
+    An uninitialised NumPy array once NumPy is loaded; until then an anonymous
+    mapping (whose pages the kernel zeroes when first written, as it does for
+    the large ``malloc`` behind a NumPy array) from 64 KiB up, and a
+    ``bytearray`` below that. A backup that changes a few files, one of them
+    large, thus never imports NumPy: that import stalled every thread of a
+    cold incremental backup for ~0.23 s.
+    """
+    if _module is not None:
+        return _module.empty(size, dtype="u1").data
+    if size >= 64 << 10:
+        return memoryview(mmap.mmap(-1, size))
+    return memoryview(bytearray(size))
 
 
 def numpy() -> Any:
