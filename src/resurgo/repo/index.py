@@ -27,6 +27,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from resurgo.errors import CorruptObject
+from resurgo.repo.lazynumpy import loaded as _np_loaded
 from resurgo.repo.lazynumpy import numpy as _np
 
 if TYPE_CHECKING:
@@ -336,9 +337,10 @@ class MemoryIndex:
         bucket = self._bucket
         if bucket is None:
             # A loaded index not yet read into arrays: bisect all its rows
-            # (~20 probes), until enough lookups make the prefix table pay.
+            # (~20 probes), until enough lookups make the prefix table pay,
+            # or at once when NumPy is loaded anyway (restore, check).
             self._lazy_lookups += 1
-            if self._lazy_lookups > _LAZY_LOOKUPS:
+            if self._lazy_lookups > _LAZY_LOOKUPS or _np_loaded():
                 self._materialize()
                 bucket = self._bucket
         if bucket is None:
