@@ -6,6 +6,9 @@ times longer than on an idle one, so wall time says nothing about the code
 under test: the properties are checked without those timing rules.
 """
 
+import errno
+from collections.abc import Callable
+
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -15,15 +18,56 @@ settings.register_profile(
 settings.load_profile("resurgo")
 
 
-@pytest.fixture
-def scan():
-    """The native directory listing (snapshot/_dirscan.c). Where it should be
+def _native(name: str):
+    """A function of the native stage (snapshot/_dirscan.c). Where it should be
     built and is not, the test fails in CI (resurgo.testing.environment)."""
     from resurgo.snapshot import dirscan
     from resurgo.testing.environment import unavailable
 
-    if dirscan.scan is None:
+    found = getattr(dirscan, name)
+    if found is None:
         if dirscan.NATIVE_EXPECTED:
             unavailable("resurgo.snapshot._dirscan is not built (scripts/setup.sh builds it)")
-        pytest.skip("no native listing on this platform")
-    return dirscan.scan
+        pytest.skip("no native stage on this platform")
+    return found
+
+
+@pytest.fixture
+def scan():
+    """The native directory listing."""
+    return _native("scan")
+
+
+@pytest.fixture
+def read_small():
+    """The native reader of small files."""
+    return _native("read_small")
+
+
+@pytest.fixture
+def deny_open(monkeypatch) -> Callable[..., None]:
+    """``deny_open(*suffixes)``: a backup's files whose paths end with one of
+    them fail to open with EACCES, in Python (``open_for_backup``) and in the
+    native reader alike (root may open anything, so tests pretend)."""
+    from resurgo.ops import backup as backup_mod
+    from resurgo.snapshot import dirscan
+
+    def deny(*suffixes: bytes) -> None:
+        real_open = backup_mod.open_for_backup
+
+        def refuse(path: bytes) -> int:
+            if path.endswith(suffixes):
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return real_open(path)
+
+        monkeypatch.setattr(backup_mod, "open_for_backup", refuse)
+        real_read = dirscan.read_small
+        if real_read is not None:
+            def read(items, limit):  # type: ignore[no-untyped-def]
+                got = real_read(items, limit)
+                return [(dirscan.READ_OPEN_ERROR, errno.EACCES) if item[0].endswith(suffixes)
+                        else result for item, result in zip(items, got, strict=True)]
+
+            monkeypatch.setattr(dirscan, "read_small", read)
+
+    return deny

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-import resurgo.ops.backup as backup_mod
 from resurgo.dr.state import StateDB
 
 from .conftest import PASSWORD, Result, run_cli
@@ -119,17 +119,10 @@ def test_run_backs_up_and_copies_then_status_is_ok_once_the_data_was_verified(
 
 
 def test_run_with_an_unreadable_file_exits_3_and_status_warns(
-    site: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    site: dict[str, Path], deny_open: Callable[..., None]
 ) -> None:
     write_plan(site)
-    real_open = backup_mod.open_for_backup
-
-    def deny(path: bytes) -> int:
-        if path.endswith(b"/b.txt"):
-            raise PermissionError(13, "Permission denied", path)
-        return real_open(path)
-
-    monkeypatch.setattr(backup_mod, "open_for_backup", deny)
+    deny_open(b"/b.txt")
     r = resurgo(site, "run")
     assert r.code == 3, r
     assert "job home: warning" in r.out

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-import resurgo.ops.backup as backup_mod
 from resurgo.dr.notify import Notice, Notifier, WebhookTarget, state_recorder
 from resurgo.dr.observe import Observer, check_record_time, job_snapshots
 from resurgo.dr.plan import Plan, RepositorySpec, loads_plan
@@ -344,16 +343,9 @@ def test_an_unopenable_primary_fails_the_run_naming_the_repository(
 
 
 def test_an_unreadable_file_makes_the_outcome_a_warning(
-    site: dict[str, Path], runner_for: Runner, monkeypatch: pytest.MonkeyPatch, state: StateDB
+    site: dict[str, Path], runner_for: Runner, deny_open: Callable[..., None], state: StateDB
 ) -> None:
-    real_open = backup_mod.open_for_backup
-
-    def deny(path: bytes) -> int:
-        if path.endswith(b"/a.txt"):
-            raise PermissionError(13, "Permission denied", path)
-        return real_open(path)
-
-    monkeypatch.setattr(backup_mod, "open_for_backup", deny)
+    deny_open(b"/a.txt")
     run_id, outcome = runner_for(make_plan(site))[1]()
     assert outcome.outcome == "warning"
     [warning] = outcome.warnings

@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from resurgo.ops.check import check_repository
 from resurgo.ops.excludes import Excluder
 from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
 from resurgo.snapshot import direct as direct_mod
+from resurgo.snapshot import dirscan
 from resurgo.snapshot.model import Node, NodeType
 from resurgo.snapshot.store import list_snapshots, walk_tree
 from resurgo.testing.environment import unavailable
@@ -30,6 +32,15 @@ def repo(tmp_path: Path) -> Repository:
     return Repository.init(
         MemoryBackend(), "pw", params=RepoParams.tiny_for_tests(), kdf=KDFParams.weak_for_tests()
     )
+
+
+@pytest.fixture(params=["native", "python"])
+def reader(request, monkeypatch):
+    """Small files read by the native reader (``dirscan.read_small``) or in Python."""
+    if request.param == "python":
+        monkeypatch.setattr(dirscan, "read_small", None)
+        return None
+    return request.getfixturevalue("read_small")
 
 
 def nodes_of(repo: Repository, tree: bytes) -> dict[bytes, Node]:
@@ -183,29 +194,24 @@ def test_a_thousand_levels_deep_tree_backs_up(repo, tmp_path):
     subprocess.run(["rm", "-rf", str(src)], check=True)
 
 
-def test_unreadable_file_is_reported_skipped_and_the_snapshot_still_written(repo, tmp_path, monkeypatch):
+def test_unreadable_file_is_reported_skipped_and_the_snapshot_still_written(
+        repo, tmp_path, reader, deny_open):
     src = tmp_path / "src"
     src.mkdir()
     (src / "good").write_bytes(b"fine")
     (src / "bad").write_bytes(b"unreadable")
-    real_open = backup_mod.open_for_backup
-
-    def deny(path: bytes) -> int:
-        if path.endswith(b"/bad"):
-            raise PermissionError(13, "Permission denied", path)
-        return real_open(path)
-
-    monkeypatch.setattr(backup_mod, "open_for_backup", deny)
+    deny_open(b"/bad")
     s = backup_paths(repo, [src])
     assert s.snapshot_id is not None
     assert len(s.warnings) == 1 and s.warnings[0]["path"].endswith("/bad")
-    assert "Permission denied" in s.warnings[0]["error"]
+    assert s.warnings[0]["error"] == "cannot open: Permission denied"
     nodes = nodes_of(repo, list_snapshots(repo)[-1].tree)
     assert rel(src / "bad") not in nodes and rel(src / "good") in nodes
 
 
 @pytest.mark.parametrize("size", [200_000, 3 << 20], ids=["read-whole", "streamed"])
 def test_file_changed_while_read_is_detected_and_reported(repo, tmp_path, monkeypatch, size):
+    monkeypatch.setattr(dirscan, "read_small", None)  # appended between read and fstat
     src = tmp_path / "src"
     src.mkdir()
     target = src / "growing"
@@ -229,7 +235,91 @@ def test_file_changed_while_read_is_detected_and_reported(repo, tmp_path, monkey
     assert node.error == "changed while being read"
 
 
-def test_file_grown_between_scan_and_open_is_read_whole_with_its_size_at_opening(repo, tmp_path, monkeypatch):
+def test_a_small_file_appended_to_after_its_read_is_stored_as_read(
+        repo, tmp_path, monkeypatch, read_small):
+    # The native reader reads a small file in one read between two fstats:
+    # an append after that is the next backup's, not an inconsistent copy.
+    src = tmp_path / "src"
+    src.mkdir()
+    target = src / "log"
+    data = os.urandom(200_000)
+    target.write_bytes(data)
+    real = repo.save_blob
+
+    def appending(blob_type, blob, **kw):  # type: ignore[no-untyped-def]
+        with open(target, "ab") as fh:
+            fh.write(b"appended")
+        return real(blob_type, blob, **kw)
+
+    monkeypatch.setattr(repo, "save_blob", appending)
+    s = backup_paths(repo, [src])
+    node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(target)]
+    assert node.error is None and not s.warnings and node.size == len(data)
+    assert content_of(repo, node) == data
+
+
+def test_a_change_the_native_reader_sees_is_reported(repo, tmp_path, monkeypatch, read_small):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"content")
+
+    def seen_changed(items, limit):  # type: ignore[no-untyped-def]
+        return [(*r[:5], True) if len(r) == 6 else r for r in read_small(items, limit)]
+
+    monkeypatch.setattr(dirscan, "read_small", seen_changed)
+    s = backup_paths(repo, [src])
+    node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(src / "f")]
+    assert node.error == "changed while being read" and content_of(repo, node) == b"content"
+    assert [w["error"] for w in s.warnings] == [
+        "file changed while it was being read; the stored copy may be inconsistent"]
+
+
+def test_a_file_gone_before_the_native_reader_opens_it_is_left_out(
+        repo, tmp_path, monkeypatch, read_small):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "good").write_bytes(b"fine")
+    (src / "gone").write_bytes(b"soon deleted")
+
+    def vanish(items, limit):  # type: ignore[no-untyped-def]
+        (src / "gone").unlink(missing_ok=True)  # after the listing
+        return read_small(items, limit)
+
+    monkeypatch.setattr(dirscan, "read_small", vanish)
+    s = backup_paths(repo, [src])
+    assert [(w["path"].rsplit("/", 1)[-1], w["error"]) for w in s.warnings] == [
+        ("gone", "cannot open: No such file or directory")]
+    nodes = nodes_of(repo, list_snapshots(repo)[-1].tree)
+    assert rel(src / "gone") not in nodes and content_of(repo, nodes[rel(src / "good")]) == b"fine"
+
+
+def test_the_native_reader_and_python_store_the_same_trees(repo, tmp_path, monkeypatch, read_small):
+    src = tmp_path / "src"
+    rnd = random.Random(5)
+    for d in range(4):
+        sub = src / f"d{d}"
+        sub.mkdir(parents=True)
+        for i in range(12):
+            (sub / f"f{i}").write_bytes(rnd.randbytes(rnd.choice([0, 1, 900, 5000, 70_000, 300_000])))
+        with open(sub / "sparse", "wb") as fh:
+            fh.seek(200_000)
+            fh.write(b"end")
+        os.link(sub / "f1", sub / "hardlink")
+        (sub / "link").symlink_to("f2")
+        # Reading a link moves its atime (relatime) unless it is after the mtime.
+        now = time.time_ns()
+        os.utime(sub / "link", ns=(now + 10**10, now - 10**9), follow_symlinks=False)
+    monkeypatch.setattr(dirscan, "read_small", None)
+    python = backup_paths(repo, [src])
+    monkeypatch.setattr(dirscan, "read_small", read_small)
+    native = backup_paths(repo, [src], BackupOptions(force=True))
+    assert python.bytes_read == native.bytes_read > 0 and not python.warnings and not native.warnings
+    snaps = list_snapshots(repo)
+    assert nodes_of(repo, snaps[-1].tree)[rel(src)] == nodes_of(repo, snaps[-2].tree)[rel(src)]
+
+
+def test_file_grown_between_scan_and_open_is_read_whole_with_its_size_at_opening(
+        repo, tmp_path, monkeypatch, reader):
     src = tmp_path / "src"
     src.mkdir()
     target = src / "log"
@@ -243,7 +333,15 @@ def test_file_grown_between_scan_and_open_is_read_whole_with_its_size_at_opening
                 fh.write(b"y" * 3000)
         return fd
 
-    monkeypatch.setattr(backup_mod, "open_for_backup", grow_then_open)
+    def grow_then_read(items, limit):  # type: ignore[no-untyped-def]
+        with open(target, "ab") as fh:
+            fh.write(b"y" * 3000)
+        return reader(items, limit)
+
+    if reader:
+        monkeypatch.setattr(dirscan, "read_small", grow_then_read)
+    else:
+        monkeypatch.setattr(backup_mod, "open_for_backup", grow_then_open)
     s = backup_paths(repo, [src])
     node = nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(target)]
     # Grown before it was opened (a log being written): not an inconsistent copy.
@@ -485,7 +583,8 @@ def test_an_xattr_set_changed_or_removed_on_an_unchanged_file_reaches_the_next_s
     assert recorded() == {b"user.more": b"x"} and s.files_unchanged == 1
 
 
-def test_a_small_file_grown_large_before_its_opening_is_stored_whole(repo, tmp_path, monkeypatch):
+def test_a_small_file_grown_large_before_its_opening_is_stored_whole(
+        repo, tmp_path, monkeypatch, reader):
     src = tmp_path / "src"
     src.mkdir()
     (src / "big").write_bytes(os.urandom(300_000))  # read by the large-file lane meanwhile
@@ -502,7 +601,16 @@ def test_a_small_file_grown_large_before_its_opening_is_stored_whole(repo, tmp_p
                 fh.write(tail)
         return real_open(path)
 
-    monkeypatch.setattr(backup_mod, "open_for_backup", grow_then_open)
+    def grow_then_read(items, limit):  # type: ignore[no-untyped-def]
+        # Over the limit at its fstat: the native reader leaves it to Python.
+        with open(grower, "ab") as fh:
+            fh.write(tail)
+        return reader(items, limit)
+
+    if reader:
+        monkeypatch.setattr(dirscan, "read_small", grow_then_read)
+    else:
+        monkeypatch.setattr(backup_mod, "open_for_backup", grow_then_open)
     s = backup_paths(repo, [src])
     nodes = nodes_of(repo, list_snapshots(repo)[-1].tree)
     assert content_of(repo, nodes[rel(grower)]) == b"x" * 1000 + tail

@@ -219,21 +219,13 @@ def test_trees_with_the_cache_are_the_trees_without_it(seed, rounds):
 
 
 def test_a_directory_with_a_warning_is_compared_with_its_parent_next_time(repo, tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch, deny_open):
     src = tmp_path / "src"
     populate(src, 3)
-    bad = src / "d1" / "e1" / "f0.txt"
-    real = backup_mod.open_for_backup
-
-    def refuse(path: bytes) -> int:
-        if path == os.fsencode(bad):
-            raise PermissionError(13, "Permission denied")
-        return real(path)
-
-    monkeypatch.setattr(backup_mod, "open_for_backup", refuse)
+    deny_open(b"/d1/e1/f0.txt")
     first = backup_paths(repo, [src])
     assert len(first.warnings) == 1
-    monkeypatch.setattr(backup_mod, "open_for_backup", real)
+    monkeypatch.undo()  # readable again
     loads = TreeLoads(monkeypatch)
     second = backup_paths(repo, [src])
     # The file left out is read now, with nothing changed on disk: its

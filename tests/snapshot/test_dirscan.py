@@ -9,7 +9,6 @@ match) on the wrong evidence.
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resurgo.ops import dircache
-from resurgo.testing.environment import as_root, unavailable
+from resurgo.testing.environment import as_nobody, as_root, unavailable
 
 STAT_FIELDS = [
     "st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size",
@@ -122,21 +121,13 @@ def test_an_entry_that_cannot_be_stated_is_left_to_python(scan):
         d.mkdir()
         (d / "f").write_bytes(b"")
         d.chmod(0o744)
-        nobody = pwd.getpwnam("nobody")
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through its exit code
-            code = 3
-            try:
-                os.setgroups([])
-                os.setgid(nobody.pw_gid)
-                os.setuid(nobody.pw_uid)
-                with pytest.raises(PermissionError):
-                    os.lstat(d / "f")
-                code = 0 if listing(scan, d) is None else 1
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+
+        def check() -> bool:
+            with pytest.raises(PermissionError):
+                os.lstat(d / "f")
+            return listing(scan, d) is None
+
+        assert as_nobody(check)
     finally:
         shutil.rmtree(top)
 

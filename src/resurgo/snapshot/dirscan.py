@@ -1,4 +1,4 @@
-"""Listing a directory for a backup in one native call, when it is built.
+"""Listing a directory, and reading its small files, for a backup in one native call each.
 
 ``scan(fd)`` is ``resurgo.snapshot._dirscan.scan`` (``_dirscan.c``): the
 entries of the directory open as ``fd``, sorted by name, each as
@@ -13,9 +13,21 @@ It returns None for a directory it leaves to Python (an entry that vanished
 or cannot be stat'ed, an entry whose row Python writes in its wide form), and
 raises ``OSError`` when the directory cannot be read.
 
-``scan`` is None when the extension is not built (no C compiler at install
-time, another platform): the backup then lists every directory with
-``os.scandir``, with the same result. ``NATIVE_EXPECTED`` says whether this
+``read_small(items, limit)`` reads a directory's small files in one call
+without the GIL (``_dirscan.c`` says how, as ``fsmeta.open_for_backup`` and
+``ops/backup.py`` would): ``items`` are ``(path, inode, device)`` as the
+listing saw them; each result is ``(READ_OK, data, size, mtime_ns, ctime_ns,
+changed)``, where the size and times are the ``fstat`` before the read and
+``changed`` says whether the ``fstat`` after it differs (size, times, inode,
+device); or ``(status, errno)``: ``READ_OPEN_ERROR`` and ``READ_ERROR`` with
+the error, ``READ_REPLACED`` (not the listed regular file any more),
+``READ_FALLBACK`` for a file to read in Python (sparse, larger than
+``limit``, shrunk or grown since its ``fstat``, or a time beyond 64 bits).
+
+``scan`` and ``read_small`` are None when the extension is not built (no C
+compiler at install time, another platform): the backup then lists every
+directory with ``os.scandir`` and reads every file in Python, with the same
+result. ``NATIVE_EXPECTED`` says whether this
 platform should have it (tests fail in CI when it is missing).
 """
 
@@ -26,11 +38,14 @@ import sys
 from collections.abc import Callable
 
 ScanEntry = tuple[bytes, os.stat_result, bytes]
+ReadResult = tuple[int, bytes, int, int, int, bool] | tuple[int, int]
+READ_OK, READ_OPEN_ERROR, READ_ERROR, READ_REPLACED, READ_FALLBACK = range(5)
 
 NATIVE_EXPECTED = sys.platform.startswith("linux")
 
 scan: Callable[[int], list[ScanEntry] | None] | None
+read_small: Callable[[list[tuple[bytes, int, int]], int], list[ReadResult]] | None
 try:
-    from resurgo.snapshot._dirscan import scan
+    from resurgo.snapshot._dirscan import read_small, scan
 except ImportError:
-    scan = None
+    scan = read_small = None

@@ -191,9 +191,8 @@ def open_dir_for_backup(path: bytes) -> int:
     """Open a directory for listing (``os.scandir(fd)``) without touching its atime.
 
     Listing a directory otherwise sets its atime (under ``relatime``, the first
-    time after each change and once a day), which its node in the parent
-    directory records: every directory holding directories would look changed
-    to the next backup. A symlink swapped in after the lstat is not followed.
+    time after each change and once a day): a backup leaves the atimes it finds
+    as they were. A symlink swapped in after the lstat is not followed.
     """
     return open_noatime(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 

@@ -9,6 +9,8 @@ machine: the test fails, loudly, instead of skipping.
 from __future__ import annotations
 
 import os
+import pwd
+from collections.abc import Callable
 from typing import NoReturn
 
 import pytest
@@ -28,3 +30,21 @@ def unavailable(reason: str) -> NoReturn:
 # Outside CI a non-root developer may skip these; in CI they always run, so a
 # lost privilege fails loudly instead of skipping.
 as_root = pytest.mark.skipif(os.geteuid() != 0 and not in_ci(), reason="needs root")
+
+
+def as_nobody(check: Callable[[], bool]) -> bool:
+    """``check()`` run in a child process that dropped to the user "nobody"
+    (root may open and search anything); whether it returned True. Needs root."""
+    nobody = pwd.getpwnam("nobody")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 3
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            code = 0 if check() else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
