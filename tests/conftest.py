@@ -64,9 +64,9 @@ def deny_open(monkeypatch) -> Callable[..., None]:
         real_read = dirscan.read_small
         if real_read is not None:
             def read(items, limit):  # type: ignore[no-untyped-def]
-                got = real_read(items, limit)
-                return [(dirscan.READ_OPEN_ERROR, errno.EACCES) if item[0].endswith(suffixes)
-                        else result for item, result in zip(items, got, strict=True)]
+                window, got = real_read(items, limit)
+                return window, [(dirscan.READ_OPEN_ERROR, errno.EACCES) if item[0].endswith(suffixes)
+                                else result for item, result in zip(items, got, strict=True)]
 
             monkeypatch.setattr(dirscan, "read_small", read)
 

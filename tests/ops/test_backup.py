@@ -264,7 +264,8 @@ def test_a_change_the_native_reader_sees_is_reported(repo, tmp_path, monkeypatch
     (src / "f").write_bytes(b"content")
 
     def seen_changed(items, limit):  # type: ignore[no-untyped-def]
-        return [(*r[:5], True) if len(r) == 6 else r for r in read_small(items, limit)]
+        window, got = read_small(items, limit)
+        return window, [(*r[:5], True) if len(r) == 6 else r for r in got]
 
     monkeypatch.setattr(dirscan, "read_small", seen_changed)
     s = backup_paths(repo, [src])

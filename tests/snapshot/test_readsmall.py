@@ -24,9 +24,13 @@ from resurgo.testing.environment import as_nobody, as_root
 LIMIT = 1 << 20
 
 
-def item(path: Path) -> tuple[bytes, int, int]:
+def item(path: Path) -> tuple[bytes, int, int, int]:
     st_ = os.lstat(path)
-    return os.fsencode(path), st_.st_ino, st_.st_dev
+    return os.fsencode(path), st_.st_ino, st_.st_dev, st_.st_size
+
+
+def statuses(found: tuple[bytes, list[dirscan.ReadResult]]) -> list[dirscan.ReadResult]:
+    return found[1]
 
 
 @settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture])  # a function, no state
@@ -38,12 +42,14 @@ def test_files_come_back_as_python_reads_them(read_small, sizes: list[int]) -> N
             p = Path(tmp) / f"f{i}"
             p.write_bytes(os.urandom(size))
             paths.append(p)
-        got = read_small([item(p) for p in paths], LIMIT)
+        window, got = read_small([item(p) for p in paths], LIMIT)
         assert len(got) == len(paths)
         for p, result in zip(paths, got, strict=True):
             st_ = os.stat(p)
-            assert result == (dirscan.READ_OK, p.read_bytes(), st_.st_size, st_.st_mtime_ns,
-                              st_.st_ctime_ns, False)
+            assert result[0] == dirscan.READ_OK and len(result) == 6
+            offset = result[1]
+            assert window[offset : offset + st_.st_size] == p.read_bytes()
+            assert result[2:] == (st_.st_size, st_.st_mtime_ns, st_.st_ctime_ns, False)
 
 
 def test_reading_does_not_move_the_atime(read_small, tmp_path: Path) -> None:
@@ -51,7 +57,7 @@ def test_reading_does_not_move_the_atime(read_small, tmp_path: Path) -> None:
     f.write_bytes(b"data")
     st_ = os.stat(f)
     os.utime(f, ns=(st_.st_mtime_ns - 10**12, st_.st_mtime_ns))  # relatime would move it
-    assert read_small([item(f)], LIMIT)[0][0] == dirscan.READ_OK
+    assert statuses(read_small([item(f)], LIMIT))[0][0] == dirscan.READ_OK
     assert os.stat(f).st_atime_ns == st_.st_mtime_ns - 10**12
 
 
@@ -68,21 +74,23 @@ def test_every_case_python_handles_otherwise_is_reported(read_small, tmp_path: P
     large = tmp_path / "large"
     large.write_bytes(b"y" * (LIMIT + 1))
     ino, dev = os.lstat(regular).st_ino, os.lstat(regular).st_dev
-    got = read_small([
-        (os.fsencode(tmp_path / "missing"), 1, dev),
-        (os.fsencode(link), ino, dev),             # O_NOFOLLOW: a symlink is not followed
+    got = statuses(read_small([
+        (os.fsencode(tmp_path / "missing"), 1, dev, 0),
+        (os.fsencode(link), ino, dev, 100),         # O_NOFOLLOW: a symlink is not followed
         item(tmp_path),                             # a directory is not a regular file
         item(fifo),                                 # opened without blocking, not read
-        (os.fsencode(regular), ino + 1, dev),       # another file than the one listed
+        (os.fsencode(regular), ino + 1, dev, 100),  # another file than the one listed
         item(sparse),                               # holes: the Python path finds them
         item(large),                                # over the limit: streamed in Python
-    ], LIMIT)
+        (os.fsencode(regular), ino, dev, 50),       # grown since it was listed
+    ], LIMIT))
     assert got == [
         (dirscan.READ_OPEN_ERROR, errno.ENOENT),
         (dirscan.READ_OPEN_ERROR, errno.ELOOP),
         (dirscan.READ_REPLACED, 0),
         (dirscan.READ_REPLACED, 0),
         (dirscan.READ_REPLACED, 0),
+        (dirscan.READ_FALLBACK, 0),
         (dirscan.READ_FALLBACK, 0),
         (dirscan.READ_FALLBACK, 0),
     ]
@@ -98,16 +106,19 @@ def test_a_file_that_cannot_be_opened_reports_the_error(read_small) -> None:
         f.write_bytes(b"secret")
         f.chmod(0o600)
         items = [item(f)]
-        assert as_nobody(lambda: read_small(items, LIMIT) == [(dirscan.READ_OPEN_ERROR, errno.EACCES)])
+        assert as_nobody(
+            lambda: statuses(read_small(items, LIMIT)) == [(dirscan.READ_OPEN_ERROR, errno.EACCES)])
     finally:
         shutil.rmtree(top)
 
 
 def test_bad_arguments_raise(read_small, tmp_path: Path) -> None:
-    assert read_small([], LIMIT) == []
+    assert read_small([], LIMIT) == (b"", [])
     with pytest.raises(TypeError):
         read_small((item(tmp_path),), LIMIT)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        read_small([("not bytes", 1, 2)], LIMIT)  # type: ignore[list-item]
+        read_small([("not bytes", 1, 2, 3)], LIMIT)  # type: ignore[list-item]
     with pytest.raises(TypeError):
-        read_small([[os.fsencode(tmp_path), 1, 2]], LIMIT)  # type: ignore[list-item]
+        read_small([[os.fsencode(tmp_path), 1, 2, 3]], LIMIT)  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        read_small([(os.fsencode(tmp_path), 1, 2)], LIMIT)  # type: ignore[list-item]

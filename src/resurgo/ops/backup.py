@@ -418,8 +418,9 @@ class _Backup:
         self.warn(path, "file changed while it was being read; the stored copy may be inconsistent")
 
     def _read_native(self, path: bytes, node: Node, st: os.stat_result,
-                     got: dirscan.ReadResult) -> Node:
-        """``_read_file`` for a file ``dirscan.read_small`` read (or could not)."""
+                     got: dirscan.ReadResult, window: bytes) -> Node:
+        """``_read_file`` for a file ``dirscan.read_small`` read into ``window``
+        (or could not)."""
         if len(got) == 2:
             status, err = got
             if status == dirscan.READ_OPEN_ERROR:
@@ -429,9 +430,11 @@ class _Backup:
             if status == dirscan.READ_REPLACED:
                 raise _SourceProblem("file was replaced while being backed up")
             return self._read_file(path, node, st)  # READ_FALLBACK: as without it
-        _, data, size, node.mtime_ns, node.ctime_ns, changed = got
+        _, offset, size, node.mtime_ns, node.ctime_ns, changed = got
         node.size = size
-        node.content = self._save_data(data, size)
+        # A copy, freed before the next file's: what is kept of it (a
+        # dictionary sample) must not keep the whole window alive.
+        node.content = self._save_data(window[offset : offset + size], size)
         node.holes = []
         if changed:
             self._changed_while_read(path, node)
@@ -769,12 +772,13 @@ class _Backup:
                 size += reads[end][2].st_size
                 end += 1
             batch = reads[k:end]
-            got = read_small([(path, st.st_ino, st.st_dev) for path, _, st, _, _ in batch], limit)
+            window, got = read_small(
+                [(path, st.st_ino, st.st_dev, st.st_size) for path, _, st, _, _ in batch], limit)
             for (path, node, st, new, link), result in zip(batch, got, strict=True):
                 if self._stop_requested():
                     return
                 self._add_read(job, tally, path, new, link,
-                               partial(self._read_native, path, node, st, result))
+                               partial(self._read_native, path, node, st, result, window))
             k = end
 
     def _add_read(self, job: _DirJob, tally: _Tally, path: bytes, new: bool,

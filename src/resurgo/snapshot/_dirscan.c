@@ -320,15 +320,22 @@ static PyObject *scan(PyObject *module, PyObject *arg)
  * Python did per file (seven system calls, each releasing and retaking the
  * GIL) is one call per batch. The caller (ops/backup.py) bounds the batch's
  * bytes, since every file's data is held until the call returns.
+ *
+ * All of the window's data goes into one bytes object, allocated before the
+ * GIL is released with room for each file's listed size plus one byte: a
+ * malloc'd buffer per file, copied into a bytes object per file, 48 at a
+ * time, fragmented the one malloc arena (peak RSS of a million-file backup
+ * 560 MiB, against 473 MiB when Python read them one by one). A file that
+ * grew since it was listed is left to Python.
  */
 enum { READ_OK = 0, READ_OPEN_ERROR = 1, READ_ERROR = 2, READ_REPLACED = 3, READ_FALLBACK = 4 };
 
 typedef struct {
     const char *path;
     unsigned long long ino, dev;
+    long long listed; /* the size the listing saw */
     int fd, status, err, changed;
-    char *data;
-    size_t len;
+    size_t offset, room; /* its slot in the window's buffer */
     struct stat before;
 } small_t;
 
@@ -342,7 +349,7 @@ static int open_for_backup(const char *path)
 }
 
 /* Everything but the first open of one file, GIL released. */
-static void read_one(small_t *f, long long limit)
+static void read_one(small_t *f, long long limit, char *base)
 {
     struct stat after;
     int64_t ns;
@@ -365,12 +372,11 @@ static void read_one(small_t *f, long long limit)
         return;
     }
     size_t size = (size_t)b->st_size;
-    f->data = malloc(size + 1);
-    if (f->data == NULL) {
-        f->status = READ_FALLBACK;
+    if (size + 1 > f->room) {
+        f->status = READ_FALLBACK; /* grown since it was listed */
         return;
     }
-    ssize_t n = read(f->fd, f->data, size + 1);
+    ssize_t n = read(f->fd, base + f->offset, size + 1);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         /* O_NONBLOCK, which Python clears after the open, mattered to this
          * file system after all: read it in Python. */
@@ -386,19 +392,11 @@ static void read_one(small_t *f, long long limit)
         f->status = READ_FALLBACK; /* it shrank or grew: read again as a stream */
         return;
     }
-    f->len = size;
     f->changed = after.st_size != b->st_size || after.st_ino != b->st_ino
         || after.st_dev != b->st_dev
         || after.st_mtim.tv_sec != b->st_mtim.tv_sec || after.st_mtim.tv_nsec != b->st_mtim.tv_nsec
         || after.st_ctim.tv_sec != b->st_ctim.tv_sec || after.st_ctim.tv_nsec != b->st_ctim.tv_nsec;
     f->status = READ_OK;
-}
-
-static void free_small(small_t *files, Py_ssize_t n)
-{
-    for (Py_ssize_t i = 0; i < n; i++)
-        free(files[i].data);
-    PyMem_Free(files);
 }
 
 static PyObject *read_small(PyObject *module, PyObject *args)
@@ -422,14 +420,30 @@ static PyObject *read_small(PyObject *module, PyObject *args)
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *it = PyTuple_GET_ITEM(items, i);
         if (!PyTuple_Check(it))
-            PyErr_SetString(PyExc_TypeError, "read_small: each item is (path, inode, device)");
-        else if (PyArg_ParseTuple(it, "yKK;read_small: each item is (path, inode, device)",
-                                  &files[i].path, &files[i].ino, &files[i].dev))
+            PyErr_SetString(PyExc_TypeError,
+                            "read_small: each item is (path, inode, device, size)");
+        else if (PyArg_ParseTuple(it, "yKKL;read_small: each item is (path, inode, device, size)",
+                                  &files[i].path, &files[i].ino, &files[i].dev,
+                                  &files[i].listed))
             continue;
-        free_small(files, i);
+        PyMem_Free(files);
         Py_DECREF(items);
         return NULL;
     }
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long listed = files[i].listed;
+        files[i].offset = total;
+        files[i].room = (size_t)(listed < 0 ? 0 : listed > limit ? limit : listed) + 1;
+        total += files[i].room;
+    }
+    PyObject *buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (buf == NULL) {
+        PyMem_Free(files);
+        Py_DECREF(items);
+        return NULL;
+    }
+    char *base = PyBytes_AS_STRING(buf); /* not shared before it is returned */
 
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -446,12 +460,8 @@ static PyObject *read_small(PyObject *module, PyObject *args)
         small_t *f = &files[i];
         if (f->fd < 0)
             continue;
-        read_one(f, limit);
+        read_one(f, limit, base);
         close(f->fd);
-        if (f->status != READ_OK) {
-            free(f->data);
-            f->data = NULL;
-        }
     }
     Py_END_ALLOW_THREADS
 
@@ -463,7 +473,7 @@ static PyObject *read_small(PyObject *module, PyObject *args)
             int64_t mtime = 0, ctime = 0;
             (void)to_ns(f->before.st_mtim, &mtime); /* checked in read_one */
             (void)to_ns(f->before.st_ctim, &ctime);
-            item = Py_BuildValue("(iy#LLLO)", READ_OK, f->data, (Py_ssize_t)f->len,
+            item = Py_BuildValue("(inLLLO)", READ_OK, (Py_ssize_t)f->offset,
                                  (long long)f->before.st_size, (long long)mtime,
                                  (long long)ctime, f->changed ? Py_True : Py_False);
         } else {
@@ -475,17 +485,21 @@ static PyObject *read_small(PyObject *module, PyObject *args)
         }
         PyList_SET_ITEM(result, i, item);
     }
-    free_small(files, n);
+    PyMem_Free(files);
     Py_DECREF(items);
-    return result;
+    if (result == NULL) {
+        Py_DECREF(buf);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", buf, result);
 }
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O,
      "scan(fd) -> [(name, lstat, row)] sorted by name, or None to list in Python."},
     {"read_small", read_small, METH_VARARGS,
-     "read_small([(path, inode, device)], limit) -> [(0, data, size, mtime_ns, ctime_ns, "
-     "changed) | (status, errno)]"},
+     "read_small([(path, inode, device, size)], limit) -> (data, [(0, offset, size, mtime_ns, "
+     "ctime_ns, changed) | (status, errno)])"},
     {NULL, NULL, 0, NULL},
 };
 

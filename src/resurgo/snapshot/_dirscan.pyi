@@ -3,6 +3,8 @@ import os
 
 def scan(fd: int, /) -> list[tuple[bytes, os.stat_result, bytes]] | None: ...
 
-ReadResult = tuple[int, bytes, int, int, int, bool] | tuple[int, int]
+ReadResult = tuple[int, int, int, int, int, bool] | tuple[int, int]
 
-def read_small(items: list[tuple[bytes, int, int]], limit: int, /) -> list[ReadResult]: ...
+def read_small(
+    items: list[tuple[bytes, int, int, int]], limit: int, /
+) -> tuple[bytes, list[ReadResult]]: ...

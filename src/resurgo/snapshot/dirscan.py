@@ -15,14 +15,16 @@ raises ``OSError`` when the directory cannot be read.
 
 ``read_small(items, limit)`` reads a directory's small files in one call
 without the GIL (``_dirscan.c`` says how, as ``fsmeta.open_for_backup`` and
-``ops/backup.py`` would): ``items`` are ``(path, inode, device)`` as the
-listing saw them; each result is ``(READ_OK, data, size, mtime_ns, ctime_ns,
-changed)``, where the size and times are the ``fstat`` before the read and
-``changed`` says whether the ``fstat`` after it differs (size, times, inode,
-device); or ``(status, errno)``: ``READ_OPEN_ERROR`` and ``READ_ERROR`` with
-the error, ``READ_REPLACED`` (not the listed regular file any more),
-``READ_FALLBACK`` for a file to read in Python (sparse, larger than
-``limit``, shrunk or grown since its ``fstat``, or a time beyond 64 bits).
+``ops/backup.py`` would): ``items`` are ``(path, inode, device, size)`` as the
+listing saw them. It returns ``(data, results)``: all the files' bytes in one
+``bytes`` object, and per file ``(READ_OK, offset, size, mtime_ns, ctime_ns,
+changed)``, the file being ``data[offset:offset + size]``, the size and
+times those of the ``fstat`` before the read, ``changed`` whether the
+``fstat`` after it differs (size, times, inode, device); or ``(status,
+errno)``: ``READ_OPEN_ERROR`` and ``READ_ERROR`` with the error,
+``READ_REPLACED`` (not the listed regular file any more), ``READ_FALLBACK``
+for a file to read in Python (sparse, larger than ``limit``, grown since it
+was listed, shrunk or grown since its ``fstat``, or a time beyond 64 bits).
 
 ``scan`` and ``read_small`` are None when the extension is not built (no C
 compiler at install time, another platform): the backup then lists every
@@ -38,13 +40,14 @@ import sys
 from collections.abc import Callable
 
 ScanEntry = tuple[bytes, os.stat_result, bytes]
-ReadResult = tuple[int, bytes, int, int, int, bool] | tuple[int, int]
+ReadResult = tuple[int, int, int, int, int, bool] | tuple[int, int]
 READ_OK, READ_OPEN_ERROR, READ_ERROR, READ_REPLACED, READ_FALLBACK = range(5)
 
 NATIVE_EXPECTED = sys.platform.startswith("linux")
 
 scan: Callable[[int], list[ScanEntry] | None] | None
-read_small: Callable[[list[tuple[bytes, int, int]], int], list[ReadResult]] | None
+read_small: Callable[[list[tuple[bytes, int, int, int]], int],
+                     tuple[bytes, list[ReadResult]]] | None
 try:
     from resurgo.snapshot._dirscan import read_small, scan
 except ImportError:
