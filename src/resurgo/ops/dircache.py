@@ -12,10 +12,11 @@ repository's local cache directory records, for every directory the backup
 saved, its path, the ID of the tree saved for it and a *signature*: a BLAKE3
 hash of its entries as ``lstat`` saw them (name, type and mode, inode,
 device, size, mtime, atime (0 for a directory, whose atime its node does not
-record), ctime, uid, gid, link count, device number, and the user and group names of the uids and gids). Everything a node stores is
-one of those fields, or is covered by the ctime (extended attributes, a
-symlink's target), or is the content, which the backup reuses on the same
-evidence as a parent's node (size, mtime, ctime, inode and device unchanged).
+record), ctime, uid, gid, link count, device number, and the user and group
+names of the uids and gids). Everything a node stores is one of those
+fields, or is covered by the ctime (extended attributes, a symlink's
+target), or is the content, which the backup reuses on the same evidence as
+a parent's node (size, mtime, ctime, inode and device unchanged).
 
 The next backup, when the cache was written for the snapshot it takes as
 its parent, lists each directory as before; if the signature of its entries
@@ -72,8 +73,9 @@ def entry_row(name: bytes, st: os.stat_result) -> bytes:
     A subdirectory's atime is left out, as its node leaves it out
     (``fsmeta.node_from_path``): listing it must not change its parent's signature.
     """
-    fields = (st.st_mode, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns,
-              0 if stat.S_ISDIR(st.st_mode) else st.st_atime_ns, st.st_ctime_ns, st.st_uid, st.st_gid, st.st_nlink, st.st_rdev)
+    atime = 0 if stat.S_ISDIR(st.st_mode) else st.st_atime_ns
+    fields = (st.st_mode, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, atime,
+              st.st_ctime_ns, st.st_uid, st.st_gid, st.st_nlink, st.st_rdev)
     try:
         return _ROW.pack(len(name), *fields) + name
     except struct.error:
