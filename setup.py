@@ -1,12 +1,20 @@
-"""The one native extension: resurgo.snapshot._dirscan (see src/resurgo/snapshot/dirscan.py).
+"""The native extensions; everything else about the package is in pyproject.toml.
 
-Everything else about the package is in pyproject.toml. The extension is
-optional: where it cannot be built, the backup lists directories in Python.
+- resurgo.snapshot._dirscan: directory listing and small-file reading
+  (src/resurgo/snapshot/dirscan.py).
+- resurgo.repo._seal: blob IDs and envelopes for a window of small blobs
+  (src/resurgo/repo/batch.py), with libzstd, OpenSSL's libcrypto and the
+  vendored BLAKE3 reference C (src/resurgo/repo/_blake3/README.md).
+
+Both are optional: where they cannot be built, the same work is done in
+Python, with the same result.
 """
 
 import sys
 
 from setuptools import Extension, setup
+
+BLAKE3 = "src/resurgo/repo/_blake3/"
 
 setup(
     ext_modules=[
@@ -15,7 +23,23 @@ setup(
             ["src/resurgo/snapshot/_dirscan.c"],
             extra_compile_args=["-O2", "-std=gnu11"],
             optional=True,
-        )
+        ),
+        Extension(
+            "resurgo.repo._seal",
+            [
+                "src/resurgo/repo/_seal.c",
+                BLAKE3 + "blake3.c",
+                BLAKE3 + "blake3_dispatch.c",
+                BLAKE3 + "blake3_portable.c",
+                BLAKE3 + "x86_sse2.c",
+                BLAKE3 + "x86_sse41.c",
+                BLAKE3 + "x86_avx2.c",
+                BLAKE3 + "x86_avx512.c",
+            ],
+            libraries=["zstd", "crypto"],
+            extra_compile_args=["-O3", "-std=gnu11"],
+            optional=True,
+        ),
     ]
     if sys.platform.startswith("linux")
     else [],

@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 # Debian packages the test suite uses (real servers and OS tools). One list, one place.
 DEBIAN_PACKAGES=(
   python3-venv      # .venv
-  gcc               # builds the native directory listing (src/resurgo/snapshot/_dirscan.c)
-  python3-dev       # Python.h for it
+  gcc               # builds the native stages (src/resurgo/snapshot/_dirscan.c, src/resurgo/repo/_seal.c)
+  python3-dev       # Python.h for them
+  libzstd-dev       # zstd for _seal.c
+  libssl-dev        # OpenSSL's AES-GCM for _seal.c
   openssh-server    # SFTP backend tests start their own sshd
   attr              # getfattr/setfattr: extended attributes
   acl               # getfacl/setfacl: POSIX ACLs
@@ -69,9 +71,11 @@ fi
 
 # Reinstall only when the project's dependencies, its C source or this script
 # changed. The editable install builds the extension next to its source.
-want=$(cat pyproject.toml setup.py src/resurgo/snapshot/*.c scripts/setup.sh | sha256sum | cut -d" " -f1)
+want=$(cat pyproject.toml setup.py src/resurgo/snapshot/*.c src/resurgo/repo/*.c \
+  src/resurgo/repo/_blake3/*.[ch] scripts/setup.sh | sha256sum | cut -d" " -f1)
 native=(src/resurgo/snapshot/_dirscan.*.so)
-if [ ! -x "$VENV/bin/resurgo" ] || [ ! -e "${native[0]}" ] \
+sealing=(src/resurgo/repo/_seal.*.so)
+if [ ! -x "$VENV/bin/resurgo" ] || [ ! -e "${native[0]}" ] || [ ! -e "${sealing[0]}" ] \
   || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   say "installing Python packages into $VENV"
   quietly "$VENV/bin/python" -m pip install --upgrade pip

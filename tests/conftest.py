@@ -22,12 +22,19 @@ def _native(name: str):
     """A function of the native stage (snapshot/_dirscan.c). Where it should be
     built and is not, the test fails in CI (resurgo.testing.environment)."""
     from resurgo.snapshot import dirscan
+
+    return _built(dirscan, name, "resurgo.snapshot._dirscan")
+
+
+def _built(module, name: str, extension: str):
+    """``module.name``, which comes from ``extension``; where that should be
+    built and is not, the test fails in CI (resurgo.testing.environment)."""
     from resurgo.testing.environment import unavailable
 
-    found = getattr(dirscan, name)
+    found = getattr(module, name)
     if found is None:
-        if dirscan.NATIVE_EXPECTED:
-            unavailable("resurgo.snapshot._dirscan is not built (scripts/setup.sh builds it)")
+        if module.NATIVE_EXPECTED:
+            unavailable(f"{extension} is not built (scripts/setup.sh builds it)")
         pytest.skip("no native stage on this platform")
     return found
 
@@ -42,6 +49,14 @@ def scan():
 def read_small():
     """The native reader of small files."""
     return _native("read_small")
+
+
+@pytest.fixture(scope="session")
+def native_seal():
+    """The native sealing of a window of blobs (repo/batch.py): ``batch.seal``."""
+    from resurgo.repo import batch
+
+    return _built(batch, "seal", "resurgo.repo._seal")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from resurgo.ops import backup as backup_mod
 from resurgo.ops.backup import BackupOptions, backup_paths, backup_stream
 from resurgo.ops.check import check_repository
 from resurgo.ops.excludes import Excluder
-from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
+from resurgo.repo import BlobType, KDFParams, RepoParams, Repository, batch
 from resurgo.snapshot import direct as direct_mod
 from resurgo.snapshot import dirscan
 from resurgo.snapshot.model import Node, NodeType
@@ -317,6 +317,34 @@ def test_the_native_reader_and_python_store_the_same_trees(repo, tmp_path, monke
     assert python.bytes_read == native.bytes_read > 0 and not python.warnings and not native.warnings
     snaps = list_snapshots(repo)
     assert nodes_of(repo, snaps[-1].tree)[rel(src)] == nodes_of(repo, snaps[-2].tree)[rel(src)]
+
+
+def test_windows_saved_natively_store_each_file_as_python_names_it(
+        repo, tmp_path, monkeypatch, read_small, native_seal):
+    # The native reader hands whole windows to Repository.save_data_window:
+    # small files one blob each, files up to SMALL_FILE_BYTES cut in chunks.
+    src = tmp_path / "src"
+    src.mkdir()
+    rnd = random.Random(11)
+    text = b"".join(b"line %d of a log-like file\n" % rnd.randrange(50) for _ in range(60_000))
+    files = {f"f{i}": rnd.randbytes(size) for i, size in enumerate([0, 1, 64, 65, 900, 5000, 70_000])}
+    files.update({"text": text[:40_000], "chunked": text[:1_500_000], "random": rnd.randbytes(900_000),
+                  "copy": text[:40_000]})
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    s = backup_paths(repo, [src])
+    assert not s.warnings and s.bytes_read == sum(map(len, files.values()))
+    nodes = nodes_of(repo, list_snapshots(repo)[-1].tree)
+    for name, data in files.items():
+        node = nodes[rel(src / name)]
+        assert node.content == [repo.blob_id(c) for c in repo.chunker().cut(data)], name
+        assert content_of(repo, node) == data
+    assert len(nodes[rel(src / "chunked")].content) > 1
+    assert check_repository(repo, read_all_data=True).ok
+    # Hashed and sealed in Python instead: the same tree.
+    monkeypatch.setattr(batch, "seal", None)
+    backup_paths(repo, [src], BackupOptions(force=True))
+    assert nodes_of(repo, list_snapshots(repo)[-1].tree)[rel(src)] == nodes[rel(src)]
 
 
 def test_file_grown_between_scan_and_open_is_read_whole_with_its_size_at_opening(

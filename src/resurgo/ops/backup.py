@@ -418,9 +418,9 @@ class _Backup:
         self.warn(path, "file changed while it was being read; the stored copy may be inconsistent")
 
     def _read_native(self, path: bytes, node: Node, st: os.stat_result,
-                     got: dirscan.ReadResult, window: bytes) -> Node:
+                     got: dirscan.ReadResult, window: bytes, saved: list[bytes] | None) -> Node:
         """``_read_file`` for a file ``dirscan.read_small`` read into ``window``
-        (or could not)."""
+        (or could not); ``saved``: its blob IDs when ``_save_window`` saved it."""
         if len(got) == 2:
             status, err = got
             if status == dirscan.READ_OPEN_ERROR:
@@ -434,7 +434,8 @@ class _Backup:
         node.size = size
         # A copy, freed before the next file's: what is kept of it (a
         # dictionary sample) must not keep the whole window alive.
-        node.content = self._save_data(window[offset : offset + size], size)
+        node.content = saved if saved is not None else self._save_data(
+            window[offset : offset + size], size)
         node.holes = []
         if changed:
             self._changed_while_read(path, node)
@@ -774,12 +775,43 @@ class _Backup:
             batch = reads[k:end]
             window, got = read_small(
                 [(path, st.st_ino, st.st_dev, st.st_size) for path, _, st, _, _ in batch], limit)
-            for (path, node, st, new, link), result in zip(batch, got, strict=True):
+            saved = self._save_window(window, got, [link for *_, link in batch])
+            for i, ((path, node, st, new, link), result) in enumerate(zip(batch, got, strict=True)):
                 if self._stop_requested():
                     return
-                self._add_read(job, tally, path, new, link,
-                               partial(self._read_native, path, node, st, result, window))
+                self._add_read(job, tally, path, new, link, partial(
+                    self._read_native, path, node, st, result, window, saved.get(i)))
             k = end
+
+    def _save_window(self, window: bytes, got: list[dirscan.ReadResult],
+                     links: list[Future[Node | None] | None]) -> dict[int, list[bytes]]:
+        """Save the chunks of every file of a window read whole together
+        (``Repository.save_data_window``): {index in the window: its blob IDs}.
+        On an error, the files' other names (``links``) get it too."""
+        spans: list[tuple[int, int]] = []
+        files: list[tuple[int, int, int]] = []  # (index in the window, first span, end)
+        view = memoryview(window)
+        for i, result in enumerate(got):
+            if len(result) != 6 or not result[2]:
+                continue
+            offset, size = result[1], result[2]
+            first = len(spans)
+            if size <= self.chunker.min_size:
+                spans.append((offset, size))
+            else:
+                spans += [(offset + o, n) for o, n in self.chunker.spans(view[offset : offset + size])]
+            files.append((i, first, len(spans)))
+        del view
+        if not spans:
+            return {}
+        try:
+            ids = self.repo.save_data_window(window, spans)
+        except BaseException as e:
+            for link in links:
+                if link is not None:
+                    link.set_exception(e)
+            raise
+        return {i: ids[first:end] for i, first, end in files}
 
     def _add_read(self, job: _DirJob, tally: _Tally, path: bytes, new: bool,
                   link: Future[Node | None] | None, read: Callable[[], Node]) -> None:

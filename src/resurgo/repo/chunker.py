@@ -51,6 +51,10 @@ class Chunker:
         for c in self._cdc.cut_buf(mv):
             yield mv[c.offset : c.offset + c.length]
 
+    def spans(self, buf: bytes | memoryview) -> list[tuple[int, int]]:
+        """``cut``'s chunks as (offset, length) in ``buf``."""
+        return [(c.offset, c.length) for c in self._cdc.cut_buf(memoryview(buf))]
+
     def fd_chunks(self, fd: int, *, read_size: int = READ_SIZE) -> Iterator[memoryview]:
         """Chunks of everything readable from ``fd`` from its current offset.
 

@@ -34,6 +34,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from resurgo.errors import CorruptObject, UnsupportedVersion
+from resurgo.repo import batch
 from resurgo.repo.lazynumpy import buffer, numpy
 from resurgo.repo.lazynumpy import loaded as numpy_loaded
 
@@ -115,6 +116,7 @@ class Dictionary:
         self.data = data
         self._lock = threading.Lock()
         self._by_level: dict[int, zstandard.ZstdCompressionDict] = {}
+        self._native: dict[int, object] = {}
         self._for_reading: zstandard.ZstdCompressionDict | None = None
 
     def for_level(self, level: int) -> zstandard.ZstdCompressionDict:
@@ -126,6 +128,17 @@ class Dictionary:
                     d = zstandard.ZstdCompressionDict(self.data)
                     d.precompute_compress(level=level)
                     self._by_level[level] = d
+        return d
+
+    def native(self, level: int) -> object:
+        """This dictionary digested for ``batch.seal`` at ``level`` (a ``batch.CDict``)."""
+        d = self._native.get(level)
+        if d is None:
+            assert batch.CDict is not None
+            with self._lock:
+                d = self._native.get(level)
+                if d is None:
+                    d = self._native[level] = batch.CDict(self.data, level)
         return d
 
     def compressor(self, level: int) -> zstandard.ZstdCompressor:
@@ -199,6 +212,7 @@ class Sealer:
         if len(key) != 32:
             raise ValueError("AES-256-GCM needs a 32-byte key")
         self._aead = AESGCM(key)
+        self._key = key  # for batch.seal
         self.compression_level = compression_level
         self._dictionaries = dictionaries
         # zstd contexts are not thread-safe, so each thread keeps its own:
@@ -301,6 +315,19 @@ class Sealer:
         self._aead.encrypt_into(nonce, body, header + context, view[HEADER_LEN + NONCE_LEN :])
         return view.toreadonly()
 
+    def plan(
+        self, size: int, compress: bool, dictionary: Dictionary | None
+    ) -> tuple[int, Dictionary | None]:
+        """(zstd level, dictionary) to try on a plaintext of ``size`` bytes; level 0: store it.
+
+        Whether the result is kept is decided after compressing (``_encode``).
+        """
+        if not compress or self.compression_level <= 0 or size <= 64:
+            return 0, None
+        if dictionary is not None and size <= SMALL_BLOB:
+            return dictionary_level(self.compression_level), dictionary
+        return self.compression_level, dictionary
+
     def _encode(
         self, kind: Kind, plaintext: bytes | memoryview, compress: bool, dictionary: Dictionary | None
     ) -> tuple[bytes, bytes | memoryview]:
@@ -309,10 +336,8 @@ class Sealer:
         version = FORMAT_VERSION
         body: bytes | memoryview = plaintext
         n = len(plaintext)
-        if compress and self.compression_level > 0 and n > 64:
-            level = self.compression_level
-            if dictionary is not None and n <= SMALL_BLOB:
-                level = dictionary_level(level)
+        level, dictionary = self.plan(n, compress, dictionary)
+        if level:
             if dictionary is None:
                 packed = self.compress(plaintext)
             elif n > POOLED_ABOVE:
@@ -326,6 +351,7 @@ class Sealer:
                 packed = self._dict_compressor(dictionary, level).compress(plaintext)
             packed_len = len(packed) if dictionary is None else len(packed) + DICT_TAG_LEN
             # Stored raw when compression does not help (random data, media).
+            # batch.seal (_seal.c) applies the same rule.
             if packed_len < n - n // 64:
                 if dictionary is None:
                     body = packed
@@ -335,6 +361,26 @@ class Sealer:
                     comp = Compression.ZSTD_DICT
                     version = FORMAT_VERSION_DICT
         return _HEADER.pack(version, CIPHER_AES256GCM, comp, kind), body
+
+    def seal_window(
+        self, kind: Kind, data: bytes, items: list[tuple[int, int, bytes, Dictionary | None]]
+    ) -> list[memoryview]:
+        """``seal_view`` of each ``(offset, size, context, dictionary)`` of ``data``,
+        in one native call without the GIL (``batch.seal``; it must be built).
+
+        The envelopes are read-only views of one ``bytes`` object.
+        """
+        assert batch.seal is not None
+        planned: list[batch.Item] = []
+        for offset, size, context, dictionary in items:
+            level, d = self.plan(size, True, dictionary)
+            if d is None:
+                planned.append((offset, size, context, level, None, None))
+            else:
+                planned.append((offset, size, context, level, d.native(level), d.tag))
+        envelopes, spans = batch.seal(self._key, kind, data, planned)
+        view = memoryview(envelopes)
+        return [view[offset : offset + length] for offset, length in spans]
 
     def open(
         self, kind: Kind, envelope: bytes | memoryview, context: bytes = b"", *, name: str

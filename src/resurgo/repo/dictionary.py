@@ -224,6 +224,15 @@ class DictionaryStore:
                 self._cond.notify_all()
         return dictionary, batch
 
+    def settled(self) -> tuple[Dictionary | None] | None:
+        """``(dictionary,)`` once this writer's choice is made (``dictionary`` for
+        the blobs up to ``sample_max`` bytes, None for none); None while it is
+        still to be made, when each blob must go through ``admit``."""
+        with self._cond:
+            if self._state in (_READY, _OFF):
+                return (self._writing,)
+        return None
+
     def release(self) -> tuple[Dictionary | None, Batch]:
         """The blobs kept back, with the dictionary to seal them with (at flush)."""
         with self._cond:

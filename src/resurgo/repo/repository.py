@@ -40,6 +40,7 @@ from resurgo.errors import (
     UnsupportedVersion,
     UsageError,
 )
+from resurgo.repo import batch
 from resurgo.repo.cache import RepoCache, read_file, write_atomic
 from resurgo.repo.chunker import Chunker
 from resurgo.repo.config import RepoConfig, RepoParams
@@ -547,13 +548,59 @@ class Repository:
                         self._pending.discard((blob_type, later))
                 raise
 
+    def save_data_window(self, data: bytes, spans: list[tuple[int, int]]) -> list[bytes]:
+        """``save_blob`` of the data blob ``data[offset:offset + size]`` for each
+        ``(offset, size)`` of ``spans`` (files a backup read together); their IDs.
+
+        With the native stage built (repo/batch.py), one call hashes every
+        blob and one seals the new ones, each without the GIL. A blob small
+        enough for the dictionary while this writer has not settled on one
+        (``DictionaryStore.settled``) goes through ``admit`` as in ``save_blob``,
+        as a copy: a training sample kept must not keep ``data`` alive.
+        """
+        if batch.seal is None or batch.blob_ids is None:
+            return [self.save_blob(BlobType.DATA, data[o : o + n])[0] for o, n in spans]
+        if self._session is None:
+            self._writer_session()
+        limit = self.dictionaries.sample_max
+        settled = self.dictionaries.settled()
+        ids = batch.blob_ids(self._master.id_mac, data, spans)
+        native: list[tuple[bytes, int, int]] = []
+        admit: list[tuple[bytes, int, int]] = []
+        with self._lock:
+            for bid, (offset, size) in zip(ids, spans, strict=True):
+                key = (BlobType.DATA, bid)
+                if key in self._pending or self.index.has(BlobType.DATA, bid):
+                    continue  # stored, or being stored (an earlier span of this window)
+                self._pending.add(key)
+                (admit if settled is None and size <= limit else native).append((bid, offset, size))
+        todo = native + admit
+        done = 0  # blobs of todo stored, or forgotten by their own error handling
+        try:
+            envelopes = self._sealer.seal_window(Kind.DATA, data, [
+                (offset, size, blob_context(BlobType.DATA, bid),
+                 settled[0] if settled is not None and size <= limit else None)
+                for bid, offset, size in native
+            ]) if native else []
+            for bid, offset, size in todo:
+                done += 1
+                if done <= len(native):
+                    self._add_sealed(BlobType.DATA, bid, envelopes[done - 1], size)
+                else:
+                    self._seal_and_pack(BlobType.DATA, bid, data[offset : offset + size])
+        except BaseException:
+            with self._lock:  # the rest were never stored
+                for bid, _, _ in todo[done:]:
+                    self._pending.discard((BlobType.DATA, bid))
+            raise
+        return ids
+
     def _seal_one(
         self, blob_type: int, bid: bytes, data: bytes | memoryview, dictionary: Dictionary | None
     ) -> None:
         """Seal one blob and add it to its type's pack.
 
-        Uploads the pack when it reaches the target size. On a sealing error the
-        blob leaves the pending set, so a later save can store it.
+        On a sealing error the blob leaves the pending set, so a later save can store it.
         """
         key = (blob_type, bid)
         try:
@@ -564,14 +611,18 @@ class Repository:
             with self._lock:
                 self._pending.discard(key)
             raise
+        self._add_sealed(blob_type, bid, env, len(data))
+
+    def _add_sealed(self, blob_type: int, bid: bytes, env: bytes | memoryview, raw_length: int) -> None:
+        """Add a sealed blob to its type's pack; upload the pack when it reaches the target size."""
         finished: PackWriter | None = None
         with self._lock:
             packer = self._packers.get(blob_type)
             if packer is None:
                 packer = self._packers[blob_type] = PackWriter(self._stage)
-            spill = packer.add(blob_type, bid, env, len(data))
+            spill = packer.add(blob_type, bid, env, raw_length)
             self.stats_added["blobs"] += 1
-            self.stats_added["bytes_raw"] += len(data)
+            self.stats_added["bytes_raw"] += raw_length
             self.stats_added["bytes_stored"] += len(env)
             if packer.size >= self.config.params.pack_size:
                 finished = self._packers.pop(blob_type)

@@ -1,0 +1,483 @@
+/* resurgo.repo._seal: blob IDs and envelopes for a window of small blobs, in
+ * one call each without the GIL (see batch.py, which owns the Python side).
+ *
+ * A backup reads a directory's small files a window at a time
+ * (snapshot/_dirscan.c, read_small). Hashing, compressing and sealing each
+ * file in Python cost three calls per file that each released and retook
+ * the GIL: with two threads that is a hand-off, a futex wake and a context
+ * switch per call, and the interpreter's work between the calls held the
+ * other core idle. Here one call hashes every file of the window, and one
+ * seals the new ones, so the other thread runs Python meanwhile.
+ *
+ * Nothing here decides anything: Python chooses each blob's compression
+ * level and dictionary (crypto.Sealer.plan), and which blobs are new. What
+ * this file owns is producing exactly what crypto.py would:
+ *  - a blob ID is keyed BLAKE3-256 (the vendored reference C, _blake3/);
+ *  - an envelope is header(4) || nonce(12) || AES-256-GCM(body) || tag(16),
+ *    the header (version, cipher, compression, kind), the AEAD's associated
+ *    data header || context, the nonce 96 bits from getrandom(2);
+ *  - the body is the zstd frame (content size written, no checksum, no
+ *    dictionary ID; with a dictionary, after its 8-byte tag) when it is
+ *    shorter than n - n/64, else the plaintext itself.
+ * Frames with a dictionary attach it (ZSTD_dictForceAttach): for inputs over
+ * 16 KiB zstd would otherwise copy the digested dictionary's tables (2.1 MiB
+ * at level 4) into the context for every blob.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define ZSTD_STATIC_LINKING_ONLY /* ZSTD_c_forceAttachDict */
+#include <openssl/evp.h>
+#include <zstd.h>
+
+#include "_blake3/blake3.h"
+
+/* crypto.py's constants: the envelope's layout and header values. */
+#define HEADER_LEN 4
+#define NONCE_LEN 12
+#define TAG_LEN 16
+#define DICT_TAG_LEN 8
+#define FORMAT_VERSION 1
+#define FORMAT_VERSION_DICT 2
+#define CIPHER_AES256GCM 1
+#define COMP_NONE 0
+#define COMP_ZSTD 1
+#define COMP_ZSTD_DICT 2
+#define MAX_CONTEXT 64
+#define ID_LEN 32
+
+/* ------------------------------------------------------------ dictionaries */
+
+typedef struct {
+    PyObject_HEAD
+    ZSTD_CDict *cdict;
+    int level;
+} CDictObject;
+
+static void cdict_dealloc(CDictObject *self) {
+    ZSTD_freeCDict(self->cdict);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *cdict_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"data", "level", NULL};
+    Py_buffer data;
+    int level;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "y*i", kwlist, &data, &level))
+        return NULL;
+    CDictObject *self = (CDictObject *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        self->cdict = ZSTD_createCDict(data.buf, (size_t)data.len, level);
+        Py_END_ALLOW_THREADS
+        self->level = level;
+        if (self->cdict == NULL) {
+            Py_DECREF(self);
+            self = NULL;
+            PyErr_SetString(PyExc_ValueError, "zstd could not digest the dictionary");
+        }
+    }
+    PyBuffer_Release(&data);
+    return (PyObject *)self;
+}
+
+static PyTypeObject CDictType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "resurgo.repo._seal.CDict",
+    .tp_doc = PyDoc_STR("CDict(data, level): a zstd dictionary digested for compression at level."),
+    .tp_basicsize = sizeof(CDictObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = cdict_new,
+    .tp_dealloc = (destructor)cdict_dealloc,
+};
+
+/* ------------------------------------------------------------ per-thread contexts */
+
+/* A zstd context and a cipher context per thread, reused from call to call
+ * (a fresh zstd context allocates and initialises its workspace, more than
+ * compressing a small file costs), freed when the thread ends. */
+typedef struct {
+    ZSTD_CCtx *zstd;
+    EVP_CIPHER_CTX *aead;
+} Contexts;
+
+static pthread_key_t contexts_key;
+static pthread_once_t contexts_once = PTHREAD_ONCE_INIT;
+
+static void contexts_free(void *p) {
+    Contexts *c = p;
+    ZSTD_freeCCtx(c->zstd);
+    EVP_CIPHER_CTX_free(c->aead);
+    free(c);
+}
+
+static void contexts_init_key(void) { (void)pthread_key_create(&contexts_key, contexts_free); }
+
+/* This thread's contexts, or NULL when they cannot be allocated. No GIL needed. */
+static Contexts *contexts(void) {
+    (void)pthread_once(&contexts_once, contexts_init_key);
+    Contexts *c = pthread_getspecific(contexts_key);
+    if (c != NULL)
+        return c;
+    c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->zstd = ZSTD_createCCtx();
+    c->aead = EVP_CIPHER_CTX_new();
+    if (c->zstd == NULL || c->aead == NULL || pthread_setspecific(contexts_key, c) != 0) {
+        contexts_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* ------------------------------------------------------------ blob IDs */
+
+typedef struct {
+    Py_ssize_t offset, size;
+} Span;
+
+/* Parse ``spans`` (a list of (offset, size)) against a buffer of ``len`` bytes. */
+static Span *parse_spans(PyObject *list, Py_ssize_t len, Py_ssize_t *count) {
+    if (!PyList_Check(list)) {
+        PyErr_SetString(PyExc_TypeError, "spans must be a list of (offset, size)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    Span *spans = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Span));
+    if (spans == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(list, i);
+        if (!PyArg_ParseTuple(t, "nn", &spans[i].offset, &spans[i].size)) {
+            PyMem_Free(spans);
+            return NULL;
+        }
+        if (spans[i].offset < 0 || spans[i].size < 0 || spans[i].offset > len ||
+            spans[i].size > len - spans[i].offset) {
+            PyErr_Format(PyExc_ValueError, "span %zd (%zd, %zd) is outside the %zd-byte buffer",
+                         i, spans[i].offset, spans[i].size, len);
+            PyMem_Free(spans);
+            return NULL;
+        }
+    }
+    *count = n;
+    return spans;
+}
+
+static PyObject *blob_ids(PyObject *module, PyObject *args) {
+    Py_buffer key, data;
+    PyObject *list;
+    if (!PyArg_ParseTuple(args, "y*y*O", &key, &data, &list))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = 0;
+    Span *spans = NULL;
+    uint8_t *ids = NULL;
+    if (key.len != BLAKE3_KEY_LEN) {
+        PyErr_SetString(PyExc_ValueError, "the blob-ID key is 32 bytes");
+        goto done;
+    }
+    spans = parse_spans(list, data.len, &n);
+    if (spans == NULL)
+        goto done;
+    ids = PyMem_Malloc((size_t)(n ? n : 1) * ID_LEN);
+    if (ids == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    blake3_hasher h;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        blake3_hasher_init_keyed(&h, key.buf);
+        blake3_hasher_update(&h, (const uint8_t *)data.buf + spans[i].offset, (size_t)spans[i].size);
+        blake3_hasher_finalize(&h, ids + i * ID_LEN, ID_LEN);
+    }
+    Py_END_ALLOW_THREADS
+    result = PyList_New(n);
+    for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
+        PyObject *id = PyBytes_FromStringAndSize((const char *)ids + i * ID_LEN, ID_LEN);
+        if (id == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, i, id);
+    }
+done:
+    PyMem_Free(ids);
+    PyMem_Free(spans);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* ------------------------------------------------------------ sealing */
+
+typedef struct {
+    Py_ssize_t offset, size;
+    uint8_t context[MAX_CONTEXT];
+    size_t context_len;
+    int level;                  /* 0: store the plaintext */
+    const ZSTD_CDict *cdict;    /* or NULL */
+    PyObject *owner;            /* the CDict object, referenced for the call */
+    uint8_t tag[DICT_TAG_LEN];  /* the dictionary's tag, with cdict */
+    size_t out_offset, out_len; /* where its envelope went */
+} Item;
+
+typedef struct {
+    const char *what; /* NULL: no error */
+    char detail[96];
+} Failure;
+
+static void fail(Failure *f, const char *what, const char *detail) {
+    f->what = what;
+    snprintf(f->detail, sizeof f->detail, "%s", detail ? detail : "");
+}
+
+/* Compress (when the item asks and it helps) and encrypt one blob into
+ * ``out``, which has room for its worst case. Returns the envelope's length,
+ * or 0 after recording a failure. No GIL. */
+static size_t seal_one(Contexts *c, const uint8_t *key, int kind, const uint8_t *src,
+                       Item *it, const uint8_t *nonce, uint8_t *out, size_t room, Failure *f) {
+    size_t n = (size_t)it->size;
+    uint8_t *body = out + HEADER_LEN + NONCE_LEN;
+    size_t body_room = room - HEADER_LEN - NONCE_LEN - TAG_LEN;
+    size_t body_len = n;
+    int version = FORMAT_VERSION, comp = COMP_NONE;
+    if (it->level != 0) {
+        size_t skip = it->cdict != NULL ? DICT_TAG_LEN : 0;
+        ZSTD_CCtx *z = c->zstd;
+        size_t r = ZSTD_CCtx_reset(z, ZSTD_reset_session_and_parameters);
+        if (!ZSTD_isError(r))
+            r = ZSTD_CCtx_setParameter(z, ZSTD_c_compressionLevel, it->level);
+        if (!ZSTD_isError(r))
+            r = ZSTD_CCtx_setParameter(z, ZSTD_c_contentSizeFlag, 1);
+        if (!ZSTD_isError(r))
+            r = ZSTD_CCtx_setParameter(z, ZSTD_c_checksumFlag, 0);
+        if (!ZSTD_isError(r))
+            r = ZSTD_CCtx_setParameter(z, ZSTD_c_dictIDFlag, 0);
+        if (!ZSTD_isError(r) && it->cdict != NULL) {
+            r = ZSTD_CCtx_refCDict(z, it->cdict);
+            if (!ZSTD_isError(r))
+                r = ZSTD_CCtx_setParameter(z, ZSTD_c_forceAttachDict, ZSTD_dictForceAttach);
+        }
+        if (!ZSTD_isError(r))
+            r = ZSTD_compress2(z, body + skip, body_room - skip, src, n);
+        if (ZSTD_isError(r)) {
+            fail(f, "zstd", ZSTD_getErrorName(r));
+            return 0;
+        }
+        /* Stored raw when compression does not help (as crypto.Sealer._encode). */
+        if (r + skip < n - n / 64) {
+            body_len = r + skip;
+            if (it->cdict != NULL) {
+                memcpy(body, it->tag, DICT_TAG_LEN);
+                comp = COMP_ZSTD_DICT;
+                version = FORMAT_VERSION_DICT;
+            } else {
+                comp = COMP_ZSTD;
+            }
+        }
+    }
+    if (comp == COMP_NONE)
+        memcpy(body, src, n);
+    out[0] = (uint8_t)version;
+    out[1] = CIPHER_AES256GCM;
+    out[2] = (uint8_t)comp;
+    out[3] = (uint8_t)kind;
+    memcpy(out + HEADER_LEN, nonce, NONCE_LEN);
+
+    uint8_t aad[HEADER_LEN + MAX_CONTEXT];
+    memcpy(aad, out, HEADER_LEN);
+    memcpy(aad + HEADER_LEN, it->context, it->context_len);
+    int len = 0, fin = 0;
+    EVP_CIPHER_CTX *e = c->aead;
+    if (body_len > INT_MAX ||
+        EVP_EncryptInit_ex(e, EVP_aes_256_gcm(), NULL, key, nonce) != 1 ||
+        EVP_EncryptUpdate(e, NULL, &len, aad, (int)(HEADER_LEN + it->context_len)) != 1 ||
+        EVP_EncryptUpdate(e, body, &len, body, (int)body_len) != 1 ||
+        EVP_EncryptFinal_ex(e, body + len, &fin) != 1 ||
+        (size_t)len + (size_t)fin != body_len ||
+        EVP_CIPHER_CTX_ctrl(e, EVP_CTRL_GCM_GET_TAG, TAG_LEN, body + body_len) != 1) {
+        fail(f, "AES-256-GCM", "OpenSSL refused to encrypt");
+        return 0;
+    }
+    return HEADER_LEN + NONCE_LEN + body_len + TAG_LEN;
+}
+
+static int fill_random(uint8_t *buf, size_t n) {
+    while (n > 0) {
+        ssize_t got = getrandom(buf, n, 0);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        buf += got;
+        n -= (size_t)got;
+    }
+    return 0;
+}
+
+/* Parse one (offset, size, context, level, cdict or None, tag or None). */
+static int parse_item(PyObject *t, Item *it, Py_ssize_t len, Py_ssize_t i) {
+    Py_buffer ctx;
+    PyObject *cdict, *tag;
+    if (!PyArg_ParseTuple(t, "nny*iOO", &it->offset, &it->size, &ctx, &it->level, &cdict, &tag))
+        return -1;
+    int ok = 0;
+    if (it->offset < 0 || it->size < 0 || it->offset > len || it->size > len - it->offset)
+        PyErr_Format(PyExc_ValueError, "item %zd (%zd, %zd) is outside the %zd-byte buffer", i,
+                     it->offset, it->size, len);
+    else if ((size_t)ctx.len > MAX_CONTEXT)
+        PyErr_Format(PyExc_ValueError, "item %zd: a context is at most %d bytes", i, MAX_CONTEXT);
+    else if (cdict != Py_None && !PyObject_TypeCheck(cdict, &CDictType))
+        PyErr_Format(PyExc_TypeError, "item %zd: the dictionary must be a CDict or None", i);
+    else if (cdict != Py_None && (!PyBytes_Check(tag) || PyBytes_GET_SIZE(tag) != DICT_TAG_LEN))
+        PyErr_Format(PyExc_ValueError, "item %zd: a dictionary needs its %d-byte tag", i, DICT_TAG_LEN);
+    else if (cdict != Py_None && it->level != ((CDictObject *)cdict)->level)
+        PyErr_Format(PyExc_ValueError, "item %zd: level %d, but the dictionary is digested for %d", i,
+                     it->level, ((CDictObject *)cdict)->level);
+    else
+        ok = 1;
+    if (ok) {
+        memcpy(it->context, ctx.buf, (size_t)ctx.len);
+        it->context_len = (size_t)ctx.len;
+        it->cdict = cdict != Py_None ? ((CDictObject *)cdict)->cdict : NULL;
+        if (it->cdict != NULL) {
+            memcpy(it->tag, PyBytes_AS_STRING(tag), DICT_TAG_LEN);
+            Py_INCREF(cdict);
+            it->owner = cdict;
+        }
+    }
+    PyBuffer_Release(&ctx);
+    return ok ? 0 : -1;
+}
+
+static PyObject *seal(PyObject *module, PyObject *args) {
+    Py_buffer key, data;
+    int kind;
+    PyObject *list;
+    if (!PyArg_ParseTuple(args, "y*iy*O!", &key, &kind, &data, &PyList_Type, &list))
+        return NULL;
+    PyObject *result = NULL, *out = NULL, *spans = NULL;
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    Item *items = NULL;
+    uint8_t *nonces = NULL;
+    if (key.len != 32) {
+        PyErr_SetString(PyExc_ValueError, "AES-256-GCM needs a 32-byte key");
+        goto done;
+    }
+    if (kind < 0 || kind > 255) {
+        PyErr_SetString(PyExc_ValueError, "kind must fit one byte");
+        goto done;
+    }
+    items = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Item));
+    nonces = PyMem_Malloc((size_t)(n ? n : 1) * NONCE_LEN);
+    if (items == NULL || nonces == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    size_t room = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (parse_item(PyList_GET_ITEM(list, i), &items[i], data.len, i) < 0)
+            goto done;
+        room += HEADER_LEN + NONCE_LEN + DICT_TAG_LEN + TAG_LEN +
+                ZSTD_compressBound((size_t)items[i].size);
+    }
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)room);
+    if (out == NULL)
+        goto done;
+    Failure failure = {NULL, ""};
+    int random_errno = 0;
+    Py_BEGIN_ALLOW_THREADS
+    Contexts *c = contexts();
+    if (c == NULL) {
+        fail(&failure, "memory", "no zstd or cipher context");
+    } else if (fill_random(nonces, (size_t)n * NONCE_LEN) < 0) {
+        random_errno = errno;
+        fail(&failure, "getrandom", strerror(random_errno));
+    } else {
+        uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(out);
+        size_t pos = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Item *it = &items[i];
+            size_t worst = HEADER_LEN + NONCE_LEN + DICT_TAG_LEN + TAG_LEN +
+                           ZSTD_compressBound((size_t)it->size);
+            size_t got = seal_one(c, key.buf, kind, (const uint8_t *)data.buf + it->offset, it,
+                                  nonces + i * NONCE_LEN, dst + pos, worst, &failure);
+            if (got == 0)
+                break;
+            it->out_offset = pos;
+            it->out_len = got;
+            pos += got;
+        }
+        room = pos;
+    }
+    Py_END_ALLOW_THREADS
+    if (failure.what != NULL) {
+        PyErr_Format(PyExc_RuntimeError, "sealing failed in %s: %s", failure.what, failure.detail);
+        goto done;
+    }
+    if (_PyBytes_Resize(&out, (Py_ssize_t)room) < 0)
+        goto done;
+    spans = PyList_New(n);
+    for (Py_ssize_t i = 0; spans != NULL && i < n; i++) {
+        PyObject *t = Py_BuildValue("(nn)", (Py_ssize_t)items[i].out_offset,
+                                    (Py_ssize_t)items[i].out_len);
+        if (t == NULL)
+            Py_CLEAR(spans);
+        else
+            PyList_SET_ITEM(spans, i, t);
+    }
+    if (spans != NULL)
+        result = PyTuple_Pack(2, out, spans);
+done:
+    Py_XDECREF(out);
+    Py_XDECREF(spans);
+    for (Py_ssize_t i = 0; items != NULL && i < n; i++)
+        Py_XDECREF(items[i].owner);
+    PyMem_Free(items);
+    PyMem_Free(nonces);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&data);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"blob_ids", blob_ids, METH_VARARGS,
+     PyDoc_STR("blob_ids(key, data, spans) -> [id]: keyed BLAKE3-256 of data[offset:offset + size] "
+               "for each (offset, size) of spans, without the GIL.")},
+    {"seal", seal, METH_VARARGS,
+     PyDoc_STR("seal(key, kind, data, items) -> (envelopes, spans): each item (offset, size, context, "
+               "level, cdict, tag) of data sealed as crypto.Sealer would, without the GIL; "
+               "envelope i is envelopes[spans[i][0]:spans[i][0] + spans[i][1]].")},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "resurgo.repo._seal",
+    PyDoc_STR("Blob IDs and envelopes for a window of small blobs (see resurgo.repo.batch)."), -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__seal(void) {
+    if (PyType_Ready(&CDictType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&CDictType);
+    if (PyModule_AddObject(m, "CDict", (PyObject *)&CDictType) < 0) {
+        Py_DECREF(&CDictType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,46 @@
+"""Blob IDs and envelopes for a window of small blobs, in one native call each.
+
+The functions are ``resurgo.repo._seal`` (``_seal.c``), which hashes, compresses
+and encrypts without the GIL, so that a backup's other thread runs Python
+meanwhile instead of taking turns with it at every call (docs/benchmarks.md,
+optimisation log). They decide nothing: which blobs are new is the
+repository's (``Repository.save_data_window``), each blob's compression level
+and dictionary the sealer's (``Sealer.plan``); what they produce is byte for
+byte what ``keys.MasterKey.blob_id`` and ``crypto.Sealer`` would (the nonces
+aside, which are random).
+
+- ``blob_ids(key, data, spans)``: the keyed BLAKE3-256 of ``data[offset:offset
+  + size]`` for each ``(offset, size)`` of ``spans``.
+- ``seal(key, kind, data, items)``: each item ``(offset, size, context, level,
+  cdict, tag)`` of ``data`` sealed into an envelope of ``kind`` with the
+  AES-256-GCM ``key`` and associated data ``header || context``, compressed
+  at ``level`` (0: stored as it is) with the digested dictionary ``cdict``
+  (``CDict(data, level)``, None for none) named by its 8-byte ``tag``.
+  Returns ``(envelopes, spans)``: envelope ``i`` is ``envelopes[offset:offset
+  + length]`` for ``spans[i]``.
+
+All three are None when the extension is not built (no compiler, no libzstd
+or libcrypto headers at install time, another platform): every blob is then
+hashed and sealed in Python, with the same result. ``NATIVE_EXPECTED`` says
+whether this platform should have it (tests fail in CI when it is missing).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+NATIVE_EXPECTED = sys.platform.startswith("linux")
+
+Span = tuple[int, int]
+# (offset, size, context, level, cdict or None, tag or None)
+Item = tuple[int, int, bytes, int, Any, bytes | None]
+
+blob_ids: Callable[[bytes, bytes | memoryview, list[Span]], list[bytes]] | None
+seal: Callable[[bytes, int, bytes | memoryview, list[Item]], tuple[bytes, list[Span]]] | None
+CDict: Callable[[bytes, int], Any] | None
+try:
+    from resurgo.repo._seal import CDict, blob_ids, seal
+except ImportError:
+    blob_ids = seal = CDict = None

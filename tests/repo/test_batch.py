@@ -1,0 +1,265 @@
+"""The native stage for a window of blobs (repo/_seal.c through repo/batch.py):
+blob IDs as ``MasterKey.blob_id`` names them, envelopes that ``Sealer`` opens,
+built by the same rules, and a repository that stores them as ``save_blob`` would."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import blake3
+import pytest
+import zstandard
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given
+from hypothesis import strategies as st
+
+from resurgo.ops.check import check_repository
+from resurgo.repo import BlobType, batch
+from resurgo.repo.crypto import (
+    DICT_TAG_LEN,
+    FORMAT_VERSION,
+    FORMAT_VERSION_DICT,
+    OVERHEAD,
+    SMALL_BLOB,
+    Compression,
+    Kind,
+    Sealer,
+    peek_header,
+)
+from resurgo.repo.repository import blob_context
+
+from .helpers import QUICK, new_repo
+from .test_crypto_dictionary import (
+    DICT,
+    KEY,
+    SEALER,
+    any_data,
+    small_repo,
+    source_file,
+    source_files,
+)
+
+
+def spans_of(size: int, cuts: list[int]) -> list[tuple[int, int]]:
+    """(offset, length) pairs within ``size`` bytes, from pairs of cut points."""
+    points = [c % (size + 1) for c in cuts]
+    return [(min(a, b), abs(a - b)) for a, b in zip(points[::2], points[1::2], strict=False)]
+
+
+# -- blob IDs ---------------------------------------------------------------------
+
+
+@QUICK
+@given(data=st.binary(max_size=5000), cuts=st.lists(st.integers(0, 5000), max_size=24),
+       key=st.binary(min_size=32, max_size=32))
+def test_blob_ids_are_the_keyed_blake3_of_each_span(
+    native_seal, data: bytes, cuts: list[int], key: bytes
+) -> None:
+    spans = [*spans_of(len(data), cuts), (0, len(data))]
+    assert batch.blob_ids is not None
+    assert batch.blob_ids(key, data, spans) == [
+        blake3.blake3(data[o : o + n], key=key).digest() for o, n in spans
+    ]
+
+
+def test_blob_ids_of_large_spans_use_every_simd_width(native_seal) -> None:
+    # Long inputs go through hash_many (several chunks at once); odd lengths
+    # end in a partial block and chunk.
+    data = random.Random(1).randbytes(3 << 20)
+    spans = [(0, 3 << 20), (1, 1 << 20), (17, 65_537), (4096, 8191)]
+    assert batch.blob_ids is not None
+    assert batch.blob_ids(KEY, memoryview(data), spans) == [
+        blake3.blake3(data[o : o + n], key=KEY).digest() for o, n in spans
+    ]
+
+
+def test_blob_ids_refuse_bad_arguments_with_a_clear_error(native_seal) -> None:
+    assert batch.blob_ids is not None
+    with pytest.raises(ValueError, match="32 bytes"):
+        batch.blob_ids(b"short", b"data", [(0, 4)])
+    with pytest.raises(ValueError, match="outside the 4-byte buffer"):
+        batch.blob_ids(KEY, b"data", [(2, 3)])
+    with pytest.raises(ValueError, match="outside"):
+        batch.blob_ids(KEY, b"data", [(-1, 1)])
+    with pytest.raises(TypeError):
+        batch.blob_ids(KEY, b"data", [(0, "4")])  # type: ignore[list-item]
+
+
+# -- envelopes --------------------------------------------------------------------
+
+
+def _check_envelope(kind: Kind, env: memoryview, data: bytes, context: bytes, with_dict: bool) -> None:
+    """The envelope opens to ``data`` and is framed as docs/format.md says, by crypto.py's rules."""
+    assert SEALER.open(kind, env, context, name="x") == data
+    version, cipher, comp, got_kind = peek_header(env)
+    assert (cipher, got_kind) == (1, kind)
+    body = AESGCM(KEY).decrypt(bytes(env[4:16]), bytes(env[16:]), bytes(env[:4]) + context)
+    n = len(data)
+    if comp == Compression.NONE:
+        assert version == FORMAT_VERSION and body == data and len(env) == n + OVERHEAD
+        return
+    # Compressed only when that saves more than 1/64 of the plaintext.
+    assert len(body) < n - n // 64 and n > 64
+    if with_dict and n <= SMALL_BLOB:
+        assert (version, comp) == (FORMAT_VERSION_DICT, Compression.ZSTD_DICT)
+        assert body[:DICT_TAG_LEN] == DICT.tag
+        frame = body[DICT_TAG_LEN:]
+    else:
+        assert (version, comp) == (FORMAT_VERSION, Compression.ZSTD)
+        frame = body
+    params = zstandard.get_frame_parameters(frame)
+    assert params.content_size == n and params.dict_id == 0 and not params.has_checksum
+
+
+@QUICK
+@given(kind=st.sampled_from([Kind.DATA, Kind.TREE]), blobs=st.lists(any_data, max_size=8),
+       context=st.binary(max_size=40), with_dict=st.booleans())
+def test_native_envelopes_open_and_follow_the_sealers_rules(
+    native_seal, kind: Kind, blobs: list[bytes], context: bytes, with_dict: bool
+) -> None:
+    data = b"".join(blobs)
+    items, offset = [], 0
+    for b in blobs:
+        items.append((offset, len(b), context, DICT if with_dict else None))
+        offset += len(b)
+    envs = SEALER.seal_window(kind, data, items)
+    assert len(envs) == len(blobs)
+    for env, b in zip(envs, blobs, strict=True):
+        _check_envelope(kind, env, b, context, with_dict)
+
+
+def test_native_and_python_decide_alike_where_the_choice_is_clear(native_seal) -> None:
+    r = random.Random(7)
+    text, noise, tiny = source_file(r, 60), r.randbytes(9000), source_file(r, 1)[:60]
+    big_text = source_file(r, 3000)  # over SMALL_BLOB: no dictionary, the repository's level
+    data = text + noise + tiny + big_text
+    spans = [(0, len(text)), (len(text), len(noise)), (len(text) + len(noise), len(tiny)),
+             (len(data) - len(big_text), len(big_text))]
+    for dictionary in (None, DICT):
+        native = SEALER.seal_window(Kind.DATA, data, [(o, n, b"c", dictionary) for o, n in spans])
+        python = [SEALER.seal(Kind.DATA, data[o : o + n], b"c", dictionary=dictionary) for o, n in spans]
+        assert [bytes(e[:4]) for e in native] == [e[:4] for e in python]
+        # A dictionary's gain shows in the native sizes as in Python's.
+        for e, p in zip(native, python, strict=True):
+            assert abs(len(e) - len(p)) <= max(64, len(p) // 10)
+
+
+def test_each_envelope_gets_its_own_nonce(native_seal) -> None:
+    data = b"same plaintext " * 20
+    envs = SEALER.seal_window(Kind.DATA, data * 50, [(i * len(data), len(data), b"", None) for i in range(50)])
+    assert len({bytes(e[4:16]) for e in envs}) == 50
+    assert len({bytes(e) for e in envs}) == 50
+
+
+def test_an_envelope_under_another_context_or_key_fails_authentication(native_seal) -> None:
+    (env,) = SEALER.seal_window(Kind.DATA, b"secret" * 40, [(0, 240, b"blob-a", DICT)])
+    with pytest.raises(Exception, match="authentication failed"):
+        SEALER.open(Kind.DATA, env, b"blob-b", name="x")
+    with pytest.raises(Exception, match="authentication failed"):
+        Sealer(bytes(32), 3, dictionaries=lambda tag: DICT).open(Kind.DATA, env, b"blob-a", name="x")
+
+
+def test_seal_refuses_bad_items_with_a_clear_error(native_seal) -> None:
+    assert batch.seal is not None and batch.CDict is not None
+    cdict = DICT.native(4)
+    seal = batch.seal
+    with pytest.raises(ValueError, match="32-byte key"):
+        seal(b"k", 0, b"data", [])
+    with pytest.raises(ValueError, match="outside the 4-byte buffer"):
+        seal(KEY, 0, b"data", [(3, 2, b"", 3, None, None)])
+    with pytest.raises(ValueError, match="at most 64 bytes"):
+        seal(KEY, 0, b"data", [(0, 4, b"x" * 65, 3, None, None)])
+    with pytest.raises(ValueError, match="8-byte tag"):
+        seal(KEY, 0, b"data", [(0, 4, b"", 4, cdict, b"short")])
+    with pytest.raises(ValueError, match="digested for 4"):
+        seal(KEY, 0, b"data", [(0, 4, b"", 3, cdict, DICT.tag)])
+    with pytest.raises(TypeError, match="CDict or None"):
+        seal(KEY, 0, b"data", [(0, 4, b"", 3, object(), DICT.tag)])
+    with pytest.raises(ValueError, match="one byte"):
+        seal(KEY, 256, b"data", [])
+
+
+# -- the repository ---------------------------------------------------------------
+
+
+def test_a_window_is_saved_as_save_blob_would_each_blob_once(native_seal) -> None:
+    repo = new_repo()
+    r = random.Random(2)
+    files = [r.randbytes(300), source_file(r, 30), b"", source_file(r, 30)]
+    files.append(files[1])  # the same content twice in one window
+    stored_before = r.randbytes(700)
+    repo.save_blob(BlobType.DATA, stored_before)
+    files.append(stored_before)
+    data = b"".join(files)
+    spans, offset = [], 0
+    for f in files:
+        spans.append((offset, len(f)))
+        offset += len(f)
+    ids = repo.save_data_window(data, spans)
+    assert ids == [repo.blob_id(f) for f in files]
+    repo.flush()  # blobs kept back as dictionary samples are sealed now
+    assert repo.stats_added["blobs"] == 1 + 4  # the duplicate and the earlier blob are not stored again
+    for bid, f in zip(ids, files, strict=True):
+        assert repo.load_blob(BlobType.DATA, bid) == f
+    assert check_repository(repo, read_all_data=True).ok
+
+
+def test_a_window_uses_the_dictionary_once_it_is_trained(native_seal) -> None:
+    repo = small_repo()
+    files = source_files(4, 400)
+    ids: list[bytes] = []
+    for start in range(0, len(files), 40):
+        window = files[start : start + 40]
+        data = b"".join(window)
+        offsets = [sum(map(len, window[:i])) for i in range(len(window))]
+        ids += repo.save_data_window(data, [(o, len(f)) for o, f in zip(offsets, window, strict=True)])
+    assert ids == [repo.blob_id(f) for f in files]
+    repo.flush()
+    by_comp: dict[int, int] = {}
+    for bid, f in zip(ids, files, strict=True):
+        loc = repo.lookup(BlobType.DATA, bid)
+        assert loc is not None
+        env = repo.read_pack_range(loc.pack_id, loc.offset, loc.length)
+        comp = peek_header(env)[2]
+        by_comp[comp] = by_comp.get(comp, 0) + 1
+        assert repo.open_blob(loc, env) == f
+    assert by_comp.get(Compression.ZSTD_DICT, 0) == len(set(files))
+    assert check_repository(repo, read_all_data=True).ok
+
+
+def test_without_the_native_stage_a_window_gets_the_same_ids(monkeypatch, native_seal) -> None:
+    repo = new_repo()
+    files = [*source_files(5, 20), os.urandom(90000)]
+    data = b"".join(files)
+    spans = [(sum(map(len, files[:i])), len(f)) for i, f in enumerate(files)]
+    native = repo.save_data_window(data, spans)
+    monkeypatch.setattr(batch, "seal", None)
+    other = new_repo()
+    python = other.save_data_window(data, spans)
+    assert native == [repo.blob_id(f) for f in files] and python == [other.blob_id(f) for f in files]
+
+
+def test_a_sealing_error_stores_nothing_and_a_later_save_stores_the_blobs(monkeypatch, native_seal) -> None:
+    repo = new_repo()
+    size = repo.dictionaries.sample_max + 1  # never a dictionary sample: sealed natively at once
+    files = [os.urandom(size) for _ in range(5)]
+    data = b"".join(files)
+    spans = [(i * size, size) for i in range(5)]
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise OSError("injected")
+
+    monkeypatch.setattr(Sealer, "seal_window", broken)
+    with pytest.raises(OSError, match="injected"):
+        repo.save_data_window(data, spans)
+    monkeypatch.undo()
+    assert repo.save_data_window(data, spans) == [repo.blob_id(f) for f in files]
+    assert repo.stats_added["blobs"] == 5
+    repo.flush()
+    assert [repo.load_blob(BlobType.DATA, repo.blob_id(f)) for f in files] == files
+
+
+def test_blob_context_binds_the_type_and_id() -> None:
+    # The context the window's envelopes are sealed under is save_blob's.
+    assert blob_context(BlobType.DATA, b"\x01" * 32) == bytes([BlobType.DATA]) + b"\x01" * 32
