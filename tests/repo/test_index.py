@@ -279,3 +279,39 @@ def test_a_loaded_index_dumps_its_additions_as_a_merge_would(
     assert merged._lazy is None or not added
     assert lazy.dump(prefix=(b"x",)) == merged.dump(prefix=(b"x",))
     assert lazy._lazy is not None
+
+
+def _no_numpy() -> None:
+    raise AssertionError("NumPy was asked for")
+
+
+@QUICK
+@given(added=st.lists(st.tuples(st.sampled_from([0, 1]), pool_ids,
+                                st.sampled_from([b"p" * 32, bytes(32)]), u32, u32, u32), max_size=40))
+def test_a_new_index_dumps_its_entries_as_a_merge_would_without_numpy(
+    added: list[tuple[int, bytes, bytes, int, int, int]],
+) -> None:
+    # A new repository's first backup: every entry is recent, none loaded.
+    fresh, merged = MemoryIndex(), MemoryIndex()
+    for t, bid, pack, off, ln, r in added:
+        fresh.add(t, bid, pack, off, ln, r)
+        merged.add(t, bid, pack, off, ln, r)
+    merged.compact()  # NumPy's stable merge
+    with mock.patch("resurgo.repo.index._np", _no_numpy), numpy_unloaded():
+        raw = fresh.dump(prefix=(b"x",))
+    assert raw == merged.dump(prefix=(b"x",))
+    assert MemoryIndex.load(raw, 1).dump() == merged.dump()
+
+
+def test_a_new_index_answers_any_number_of_lookups_without_numpy() -> None:
+    idx = MemoryIndex()
+    with mock.patch("resurgo.repo.index._np", _no_numpy), numpy_unloaded():
+        for i in range(2 * _LAZY_LOOKUPS):
+            assert not idx.has(0, i.to_bytes(32, "big"))
+            idx.add(0, i.to_bytes(32, "big"), b"p" * 32, i, 1, 1)
+            assert idx.has(0, i.to_bytes(32, "big"))
+        assert idx.lookup(0, (7).to_bytes(32, "big")) is not None
+        assert idx._bucket is None
+        raw = idx.dump()  # more entries than _dump_lazy splices
+    idx.compact()
+    assert raw == idx.dump() and len(MemoryIndex.load(raw)) == 2 * _LAZY_LOOKUPS

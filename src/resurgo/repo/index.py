@@ -335,6 +335,8 @@ class MemoryIndex:
     def _row(self, blob_type: int, blob_id: bytes) -> int:
         """The sorted arrays' row of (type, ID), or -1. Caller holds the lock."""
         bucket = self._bucket
+        if bucket is None and not self._n:
+            return -1  # nothing loaded (a new repository): no arrays to make, no NumPy to import
         if bucket is None:
             # A loaded index not yet read into arrays: bisect all its rows
             # (~20 probes), until enough lookups make the prefix table pay,
@@ -435,6 +437,8 @@ class MemoryIndex:
         not copy the whole index a second time.
         """
         with self._lock:
+            if self._lazy is not None and not self._lazy[2]:
+                return self._dump_recent(prefix)
             if self._lazy is not None and len(self._recent) <= _LAZY_MERGE:
                 return self._dump_lazy(prefix)
             self._merge_recent()
@@ -445,6 +449,22 @@ class MemoryIndex:
                  self._off.tobytes(), self._len.tobytes(), self._raw.tobytes(),
                  self._type.tobytes()]
             )
+
+    def _dump_recent(self, prefix: Iterable[bytes]) -> bytes:
+        """``dump`` of an index that has only recent entries (a new repository's
+        first backup), in Python: the same bytes as merging them with NumPy
+        (a stable sort by ID), without importing it (~0.2 s cold, at the end of
+        a backup, for ~30 ms of work here with 25,000 entries). Caller holds the lock."""
+        items = sorted(self._recent.items(), key=lambda kv: kv[0][1])
+        m = len(items)
+        u32 = struct.Struct(f"<{m}I").pack
+        columns = [
+            b"".join(bid.ljust(32, b"\0")[:32] for (_, bid), _ in items),
+            *(u32(*(loc[k] for _, loc in items)) for k in range(4)),
+            bytes(t for (t, _), _ in items),
+        ]
+        head = struct.pack("<QQ", m, len(self._packs))
+        return b"".join([*prefix, head, *self._packs, *columns])
 
     def _dump_lazy(self, prefix: Iterable[bytes]) -> bytes:
         """``dump`` of a loaded index whose arrays were never made, with its few
