@@ -51,6 +51,12 @@ def read_small():
     return _native("read_small")
 
 
+@pytest.fixture
+def subdirs():
+    """The native listing of a directory's subdirectories (for warming)."""
+    return _native("subdirs")
+
+
 @pytest.fixture(scope="session")
 def native_seal():
     """The native sealing of a window of blobs (repo/batch.py): ``batch.seal``."""

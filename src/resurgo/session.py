@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -112,6 +112,22 @@ def _import_in_background(*modules: str) -> threading.Thread:
     return thread
 
 
+def _warm_in_background(task: Callable[[threading.Event], object], stop: threading.Event) -> threading.Thread:
+    """Run ``task(stop)`` in a thread while the caller derives the key (the
+    caller sets ``stop`` when it is derived). A warm-up is a hint: its errors
+    are dropped."""
+
+    def run() -> None:
+        try:
+            task(stop)
+        except Exception:
+            return
+
+    thread = threading.Thread(target=run, name="resurgo-warm", daemon=True)
+    thread.start()
+    return thread
+
+
 def open_repo(
     url: str,
     password: str,
@@ -125,6 +141,7 @@ def open_repo(
     kdf: KDFParams | None = None,
     read_only: bool = False,
     preload: Sequence[str] = (),
+    warm: Sequence[Callable[[threading.Event], object]] = (),
 ) -> Repository:
     """Open (or with ``create=True``, initialise) the repository at ``url``.
 
@@ -134,6 +151,11 @@ def open_repo(
     only apply to ``create``. ``read_only`` makes every write through this
     repository fail with ``ReadOnlyError``: commands that only read declare it,
     so a read path can never mutate the repository by mistake.
+
+    While the key is derived, the disk is otherwise idle: the files of the
+    cache directory are read ahead (``cache.warm_cache``), and each ``warm``
+    task (a backup's ``snapshot.warm.warm_tree``) runs in a thread of its own,
+    told to stop once the key is derived (docs/design.md, "Start-up").
     """
     if create and read_only:
         raise ValueError("cannot create a repository read-only")
@@ -154,14 +176,21 @@ def open_repo(
             return Repository.init(backend, password, params=params, cache_dir=cache_dir, key=key)
         from resurgo.repo.keys import unlock
 
+        tasks = list(warm)
+        if cache_dir is not None:
+            from resurgo.repo.cache import warm_cache
+
+            tasks.append(lambda stop: warm_cache(cache_dir, stop))
+        stop = threading.Event()
+        background = [_warm_in_background(task, stop) for task in tasks]
         if preload:
-            importing = _import_in_background("resurgo.repo.repository", *preload)
-            try:
-                unlocked = unlock(backend, password)
-            finally:
-                importing.join()
-        else:
+            background.append(_import_in_background("resurgo.repo.repository", *preload))
+        try:
             unlocked = unlock(backend, password)
+        finally:
+            stop.set()
+            for thread in background:
+                thread.join()
         from resurgo.repo.repository import Repository
 
         return Repository.open_unlocked(backend, unlocked, cache_dir=cache_dir)

@@ -107,3 +107,31 @@ def test_preloading_still_reports_a_wrong_password(tmp_path):
 
     with pytest.raises(WrongPassword):
         open_repo(url, "not the password", preload=("resurgo.ops.check",))
+
+
+def test_warm_tasks_run_while_the_key_is_derived_and_are_stopped_after(tmp_path, monkeypatch):
+    import resurgo.repo.keys as keys
+
+    url = str(tmp_path / "repo")
+    open_repo(url, PW, create=True, kdf=WEAK).close()
+    events = []
+    derive = keys._derive
+
+    def spy(*args, **kwargs):
+        events.append("derive")
+        return derive(*args, **kwargs)
+
+    monkeypatch.setattr(keys, "_derive", spy)
+    seen = []
+
+    def task(stop):
+        seen.append(stop)
+        stop.wait(10)  # until the key is derived
+        events.append("stopped")
+
+    def failing(stop):
+        raise RuntimeError("a warm-up error is dropped")
+
+    repo = open_repo(url, PW, warm=[task, failing], cache_dir=tmp_path / "cache")
+    repo.close()
+    assert events == ["derive", "stopped"] and seen[0].is_set()

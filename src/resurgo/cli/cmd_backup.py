@@ -7,7 +7,11 @@ Exit code 3 means the snapshot was written but some files could not be read
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
+from collections.abc import Callable
+from functools import partial
 
 from resurgo.cli.context import Context
 from resurgo.cli.parsing import Subparsers, add_command
@@ -79,8 +83,15 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
             exclude_caches=args.exclude_caches,
             one_file_system=args.one_file_system,
         )
-    # The key is derived before the backup pipeline is imported (docs/design.md, "Start-up").
-    repo = ctx.open_repo(write=True)
+    # The key is derived before the backup pipeline is imported, the targets'
+    # directories listed meanwhile (docs/design.md, "Start-up").
+    warm: list[Callable[[threading.Event], object]] = []
+    if not stream:
+        from resurgo.snapshot.warm import warm_tree
+
+        targets = [os.fsencode(os.path.abspath(p)) for p in args.paths]
+        warm.append(partial(warm_tree, targets))
+    repo = ctx.open_repo(write=True, warm=warm)
     from resurgo.ops.backup import BackupOptions, backup_paths, backup_stream
 
     opts = BackupOptions(

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 import getpass
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,20 +115,23 @@ class Context:
 
     # -- the repository ------------------------------------------------------------
 
-    def open_repo(self, write: bool, preload: Sequence[str] = ()) -> Repository:
+    def open_repo(self, write: bool, preload: Sequence[str] = (),
+                  warm: Sequence[Callable[[threading.Event], object]] = ()) -> Repository:
         """The repository named by the global options, opened once per run.
 
         ``write`` declares whether the command modifies the repository. A
         read-only command gets a repository whose backend refuses every write
         (``ReadOnlyError``), so a read path cannot mutate it by mistake.
         ``preload`` names the modules the command imports next, imported
-        while the key is derived (``session.open_repo``).
+        while the key is derived, and ``warm`` tasks run meanwhile
+        (``session.open_repo``).
         """
         if self._repo is not None and write and not self.repo_write:
             self.close()  # opened read-only earlier in this run; reopen writable
         if self._repo is None:
             # Opening derives the key, then imports the repository facade.
-            self._repo = self._open(self.password(), read_only=not write, preload=preload)
+            self._repo = self._open(self.password(), read_only=not write, preload=preload,
+                                    warm=warm)
             self.repo_write = write
         return self._repo
 

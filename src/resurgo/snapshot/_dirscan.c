@@ -494,9 +494,47 @@ static PyObject *read_small(PyObject *module, PyObject *args)
     return Py_BuildValue("(NN)", buf, result);
 }
 
+/* subdirs(fd, dev) -> [name]: list the directory open as fd and lstat every
+ * entry, without the GIL; the names of its subdirectories on device dev.
+ * For warming the caches before a walk (warm.py): unlike scan, it builds no
+ * object per entry. OSError when the directory cannot be listed. */
+static PyObject *subdirs(PyObject *module, PyObject *args)
+{
+    (void)module;
+    int fd;
+    unsigned long long dev;
+    if (!PyArg_ParseTuple(args, "iK", &fd, &dev))
+        return NULL;
+    entry_t *entries = NULL;
+    size_t count = 0;
+    int err = 0;
+    scan_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = list_dir(fd, &entries, &count, &err);
+    Py_END_ALLOW_THREADS
+    if (status == SCAN_ERRNO) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *result = PyList_New(0);
+    for (size_t i = 0; result != NULL && i < count; i++) {
+        const entry_t *e = &entries[i];
+        if (!S_ISDIR(e->st.st_mode) || (unsigned long long)e->st.st_dev != dev)
+            continue;
+        PyObject *name = PyBytes_FromStringAndSize(e->name, (Py_ssize_t)e->len);
+        if (name == NULL || PyList_Append(result, name) < 0)
+            Py_CLEAR(result);
+        Py_XDECREF(name);
+    }
+    free_entries(entries, count);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O,
      "scan(fd) -> [(name, lstat, row)] sorted by name, or None to list in Python."},
+    {"subdirs", subdirs, METH_VARARGS,
+     "subdirs(fd, dev) -> [name]: lstat every entry of a directory; its subdirectories on dev."},
     {"read_small", read_small, METH_VARARGS,
      "read_small([(path, inode, device, size)], limit) -> (data, [(0, offset, size, mtime_ns, "
      "ctime_ns, changed) | (status, errno)])"},

@@ -26,7 +26,11 @@ errno)``: ``READ_OPEN_ERROR`` and ``READ_ERROR`` with the error,
 for a file to read in Python (sparse, larger than ``limit``, grown since it
 was listed, shrunk or grown since its ``fstat``, or a time beyond 64 bits).
 
-``scan`` and ``read_small`` are None when the extension is not built (no C
+``subdirs(fd, dev)`` lists the directory open as ``fd`` and ``lstat``s every
+entry without the GIL, building nothing per entry: it returns the names of the
+subdirectories on device ``dev`` (for ``warm.warm_tree``).
+
+``scan``, ``read_small`` and ``subdirs`` are None when the extension is not built (no C
 compiler at install time, another platform): the backup then lists every
 directory with ``os.scandir`` and reads every file in Python, with the same
 result. ``NATIVE_EXPECTED`` says whether this
@@ -48,7 +52,8 @@ NATIVE_EXPECTED = sys.platform.startswith("linux")
 scan: Callable[[int], list[ScanEntry] | None] | None
 read_small: Callable[[list[tuple[bytes, int, int, int]], int],
                      tuple[bytes, list[ReadResult]]] | None
+subdirs: Callable[[int, int], list[bytes]] | None
 try:
-    from resurgo.snapshot._dirscan import read_small, scan
+    from resurgo.snapshot._dirscan import read_small, scan, subdirs
 except ImportError:
-    scan = read_small = None
+    scan = read_small = subdirs = None
