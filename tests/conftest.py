@@ -57,6 +57,12 @@ def subdirs():
     return _native("subdirs")
 
 
+@pytest.fixture
+def xattr_free():
+    """The native check for entries without extended attributes."""
+    return _native("xattr_free")
+
+
 @pytest.fixture(scope="session")
 def native_seal():
     """The native sealing of a window of blobs (repo/batch.py): ``batch.seal``."""

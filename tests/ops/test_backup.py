@@ -578,6 +578,31 @@ def test_an_unchanged_file_whose_atime_moved_is_not_read_but_gets_its_new_atime(
     assert content_of(repo, node) == b"some content"
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_new_directory_records_exactly_the_xattrs_its_entries_have(
+        repo, tmp_path, monkeypatch, xattr_free, native):
+    # Entries of a new directory are asked natively which have none
+    # (dirscan.xattr_free); only the others are read one by one.
+    if not native:
+        monkeypatch.setattr(dirscan, "xattr_free", None)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for name in ("a", "b", "c", "sub/d"):
+        (src / name).write_bytes(name.encode())
+    (src / "link").symlink_to("a")
+    try:
+        os.setxattr(src / "b", b"user.one", b"1")
+        os.setxattr(src / "sub", b"user.dir", b"d")
+        os.setxattr(src / "sub" / "d", b"user.two", b"2")
+    except OSError as e:
+        unavailable(f"no user xattrs here: {e}")
+    backup_paths(repo, [src])
+    nodes = nodes_of(repo, list_snapshots(repo)[-1].tree)
+    assert {n: nodes[rel(src / n)].xattrs for n in ("a", "b", "c", "link", "sub", "sub/d")} == {
+        "a": {}, "b": {b"user.one": b"1"}, "c": {}, "link": {}, "sub": {b"user.dir": b"d"},
+        "sub/d": {b"user.two": b"2"}}
+
+
 def test_an_xattr_set_changed_or_removed_on_an_unchanged_file_reaches_the_next_snapshot(
     repo, tmp_path
 ):

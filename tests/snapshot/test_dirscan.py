@@ -145,3 +145,25 @@ def test_a_descriptor_that_is_not_a_directory_raises(scan, tmp_path):
         scan(987654)  # not open
     with pytest.raises(ValueError):
         scan(-1)
+
+
+def test_xattr_free_says_which_paths_have_no_extended_attributes(xattr_free, tmp_path):
+    plain, marked, d = tmp_path / "plain", tmp_path / "marked", tmp_path / "dir"
+    plain.write_bytes(b"x")
+    marked.write_bytes(b"x")
+    d.mkdir()
+    try:
+        os.setxattr(marked, b"user.note", b"1")
+        os.setxattr(d, b"user.note", b"1")
+    except OSError as e:
+        unavailable(f"no user xattrs here: {e}")
+    (tmp_path / "link").symlink_to(marked)  # the link itself has none
+    paths = [os.fsencode(tmp_path / n) for n in ("plain", "marked", "dir", "link", "missing")]
+    # A path with a NUL would name another file: never answered "none".
+    paths.append(os.fsencode(tmp_path / "plain") + b"\0suffix")
+    assert list(xattr_free(paths)) == [1, 0, 0, 1, 0, 0]
+    assert xattr_free([]) == b""
+    with pytest.raises(TypeError):
+        xattr_free([str(plain)])
+    with pytest.raises(TypeError):
+        xattr_free(tuple(paths))

@@ -656,8 +656,9 @@ class _Backup:
         return False
 
     def _add_entry(self, job: _DirJob, path: bytes, name: bytes, st: os.stat_result,
-                   old: Node | None, tally: _Tally) -> None:
-        """Add one non-directory entry of ``job``: a finished node, or a future for a large file."""
+                   old: Node | None, tally: _Tally, *, xattrs: bool = True) -> None:
+        """Add one non-directory entry of ``job``: a finished node, or a future for a
+        large file. ``xattrs=False``: the entry is known to have none."""
         if (old is not None and old.type is NodeType.FILE and stat.S_ISREG(st.st_mode)
                 and self._same_as_before(st, old)):
             # The parent's node describes the file exactly (content and
@@ -667,7 +668,7 @@ class _Backup:
             tally.bytes_total += st.st_size
             job.children.append(old)
             return
-        node = self._node_of(job, path, name, st)
+        node = self._node_of(job, path, name, st, xattrs=xattrs)
         if node is None:
             return
         if node.type is not NodeType.FILE:
@@ -989,14 +990,23 @@ class _Backup:
                     listed: _Listed,
                     old_nodes: dict[bytes, Node], tally: _Tally) -> None:
         """Add the listed entries of ``job``, each compared with its node in the
-        parent tree (``old_nodes``), if any."""
-        for name, path, st in listed:
+        parent tree (``old_nodes``), if any.
+
+        In a directory that is new to the backup, every entry gets a node:
+        which of them have no extended attributes is asked natively for all
+        at once (``dirscan.xattr_free``), and only the others are read one by
+        one (``fsmeta.read_xattrs``).
+        """
+        bare = (dirscan.xattr_free([path for _, path, _ in listed])
+                if not old_nodes and dirscan.xattr_free is not None else None)
+        for i, (name, path, st) in enumerate(listed):
             old = old_nodes.get(name)
+            xattrs = bare is None or not bare[i]
             if stat.S_ISDIR(st.st_mode):
                 old_sub = old.subtree if old is not None and old.type is NodeType.DIR else None
-                self._add_dir(job, name, path, st, old_sub, tally)
+                self._add_dir(job, name, path, st, old_sub, tally, xattrs=xattrs)
             else:
-                self._add_entry(job, path, name, st, old, tally)
+                self._add_entry(job, path, name, st, old, tally, xattrs=xattrs)
 
     def _add_unchanged(self, job: _DirJob,
                        listed: _Listed,
@@ -1022,20 +1032,22 @@ class _Backup:
         tally.bytes_total += size
         tally.others += others
 
-    def _node_of(self, job: _DirJob, path: bytes, name: bytes, st: os.stat_result) -> Node | None:
-        """The node of an entry of ``job``; None, with a warning, if its metadata
-        cannot be read (the entry is left out)."""
+    def _node_of(self, job: _DirJob, path: bytes, name: bytes, st: os.stat_result,
+                 *, xattrs: bool = True) -> Node | None:
+        """The node of an entry of ``job`` (its extended attributes read unless
+        ``xattrs`` is false: known to be none); None, with a warning, if its
+        metadata cannot be read (the entry is left out)."""
         try:
-            return node_from_path(path, st, name=name)
+            return node_from_path(path, st, name=name, xattrs=xattrs)
         except (OSError, ValueError) as e:
             self.warn(path, f"cannot read metadata: {e}")
             job.unclean = True
             return None
 
     def _add_dir(self, job: _DirJob, name: bytes, path: bytes, st: os.stat_result,
-                 old_subtree: bytes | None, tally: _Tally) -> None:
+                 old_subtree: bytes | None, tally: _Tally, *, xattrs: bool = True) -> None:
         """Add the subdirectory ``name`` of ``job`` as a job of its own."""
-        node = self._node_of(job, path, name, st)
+        node = self._node_of(job, path, name, st, xattrs=xattrs)
         if node is None:
             return
         tally.dirs += 1

@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #define ROW_FIXED 80 /* struct.calcsize("<IIQQqqqqIIQQ") */
@@ -530,11 +531,56 @@ static PyObject *subdirs(PyObject *module, PyObject *args)
     return result;
 }
 
+/* xattr_free(paths) -> bytes: per path, 1 when llistxattr says it has no
+ * extended attributes, else 0 (it has some, or the call failed: the caller
+ * reads them as before). Without the GIL: a backup asks this for the entries
+ * of a new directory, instead of one os.listxattr per entry that released
+ * and retook the GIL each (fsmeta.read_xattrs). */
+static PyObject *xattr_free(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    if (!PyList_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "paths must be a list of bytes");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(arg);
+    PyObject **items = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(PyObject *));
+    if (items == NULL)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) {
+        items[i] = PyList_GET_ITEM(arg, i);
+        if (!PyBytes_Check(items[i])) {
+            PyMem_Free(items);
+            PyErr_SetString(PyExc_TypeError, "paths must be a list of bytes");
+            return NULL;
+        }
+        Py_INCREF(items[i]); /* the list may change while the GIL is released */
+    }
+    PyObject *flags = PyBytes_FromStringAndSize(NULL, n);
+    if (flags != NULL) {
+        char *out = PyBytes_AS_STRING(flags);
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const char *p = PyBytes_AS_STRING(items[i]);
+            /* A path with a NUL in it would name another file: not answered. */
+            out[i] = (char)((Py_ssize_t)strlen(p) == PyBytes_GET_SIZE(items[i])
+                            && llistxattr(p, NULL, 0) == 0);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_DECREF(items[i]);
+    PyMem_Free(items);
+    return flags;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O,
      "scan(fd) -> [(name, lstat, row)] sorted by name, or None to list in Python."},
     {"subdirs", subdirs, METH_VARARGS,
      "subdirs(fd, dev) -> [name]: lstat every entry of a directory; its subdirectories on dev."},
+    {"xattr_free", xattr_free, METH_O,
+     "xattr_free(paths) -> bytes: 1 per path that has no extended attributes, else 0."},
     {"read_small", read_small, METH_VARARGS,
      "read_small([(path, inode, device, size)], limit) -> (data, [(0, offset, size, mtime_ns, "
      "ctime_ns, changed) | (status, errno)])"},

@@ -30,7 +30,12 @@ was listed, shrunk or grown since its ``fstat``, or a time beyond 64 bits).
 entry without the GIL, building nothing per entry: it returns the names of the
 subdirectories on device ``dev`` (for ``warm.warm_tree``).
 
-``scan``, ``read_small`` and ``subdirs`` are None when the extension is not built (no C
+``xattr_free(paths)`` asks ``llistxattr`` about each path without the GIL:
+one byte per path, 1 when it has no extended attributes, 0 when it has some
+or the call failed (then ``fsmeta.read_xattrs`` reads them, or reports why
+not, as without it).
+
+``scan``, ``read_small``, ``subdirs`` and ``xattr_free`` are None when the extension is not built (no C
 compiler at install time, another platform): the backup then lists every
 directory with ``os.scandir`` and reads every file in Python, with the same
 result. ``NATIVE_EXPECTED`` says whether this
@@ -53,7 +58,8 @@ scan: Callable[[int], list[ScanEntry] | None] | None
 read_small: Callable[[list[tuple[bytes, int, int, int]], int],
                      tuple[bytes, list[ReadResult]]] | None
 subdirs: Callable[[int, int], list[bytes]] | None
+xattr_free: Callable[[list[bytes]], bytes] | None
 try:
-    from resurgo.snapshot._dirscan import read_small, scan, subdirs
+    from resurgo.snapshot._dirscan import read_small, scan, subdirs, xattr_free
 except ImportError:
-    scan = read_small = subdirs = None
+    scan = read_small = subdirs = xattr_free = None
