@@ -2,11 +2,13 @@
 
 - resurgo.snapshot._dirscan: directory listing and small-file reading
   (src/resurgo/snapshot/dirscan.py).
+- resurgo.snapshot._treejson: the canonical bytes of a tree
+  (src/resurgo/snapshot/model.py, encode_tree).
 - resurgo.repo._seal: blob IDs and envelopes for a window of small blobs
   (src/resurgo/repo/batch.py), with libzstd, OpenSSL's libcrypto and the
   vendored BLAKE3 reference C (src/resurgo/repo/_blake3/README.md).
 
-Both are optional: where they cannot be built, the same work is done in
+All three are optional: where they cannot be built, the same work is done in
 Python, with the same result.
 """
 
@@ -21,6 +23,12 @@ setup(
         Extension(
             "resurgo.snapshot._dirscan",
             ["src/resurgo/snapshot/_dirscan.c"],
+            extra_compile_args=["-O2", "-std=gnu11"],
+            optional=True,
+        ),
+        Extension(
+            "resurgo.snapshot._treejson",
+            ["src/resurgo/snapshot/_treejson.c"],
             extra_compile_args=["-O2", "-std=gnu11"],
             optional=True,
         ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -419,3 +420,52 @@ def test_a_node_field_is_accepted_exactly_when_of_its_type_and_in_range(field: s
 def test_the_text_field_named_is_the_one_that_is_not_a_string() -> None:
     # A null user before it must not be blamed (null is allowed).
     assert_corrupt(raw_tree(file_obj(user=None, group=5)), "field 'group' is not a string")
+
+
+# --- the native encoder (_treejson.c) -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def native_encode():
+    from resurgo.snapshot import model as model_mod
+    from resurgo.testing.environment import unavailable
+
+    if model_mod._native_encode is None:
+        if sys.platform.startswith("linux"):
+            unavailable("resurgo.snapshot._treejson is not built (scripts/setup.sh builds it)")
+        pytest.skip("no native stage on this platform")
+    return model_mod._native_encode
+
+
+escapey = st.text(alphabet=st.sampled_from(list('ab"\\/\b\f\n\r\t\x00\x01\x1f\x7f é€😀')), max_size=10)
+
+
+@settings(max_examples=300)
+@given(trees(), st.lists(st.none() | escapey, min_size=3, max_size=3), escapey)
+def test_the_native_encoder_writes_the_same_bytes_as_python(
+    native_encode, tree: list[Node], texts: list[str | None], name: str
+) -> None:
+    for node in tree:
+        node.holes = []  # sparse files are left to Python
+    if tree:
+        tree[0].user, tree[0].group, tree[0].error = texts
+        raw = name.encode("utf-8").replace(b"/", b"_").replace(b"\0", b"-")
+        if raw not in (b"", b".", b"..") and raw not in {n.name for n in tree[1:]}:
+            tree[0].name = raw
+    native = native_encode(tree, model.TREE_VERSION)
+    assert native is not None
+    assert native == model._encode_tree(tree) == reference_encoding(tree)
+
+
+def test_the_native_encoder_leaves_the_unusual_to_python(native_encode) -> None:
+    sparse = Node(b"s", NodeType.FILE, size=10, holes=[(0, 5)])
+    surrogate = Node(b"u", NodeType.FILE, user="bad\udcff")
+    big = Node(b"b", NodeType.FILE, inode=2**64, mtime_ns=-(2**63) - 1)
+    for odd in (sparse, surrogate, big):
+        assert native_encode([Node(b"a", NodeType.FILE), odd], 1) is None
+        assert encode_tree([odd]) == reference_encoding([odd])
+    for bad in (b"", b".", b"..", b"a/b", b"a\0b"):
+        assert native_encode([Node(bad, NodeType.FILE)], 1) is None
+    assert native_encode([Node(b"a", NodeType.FILE), Node(b"a", NodeType.DIR)], 1) is None
+    assert native_encode([Node(b"a", NodeType.FILE), "not a node"], 1) is None
+    assert native_encode([], 1) == b'{"nodes":[],"v":1}'

@@ -1,0 +1,4 @@
+# The canonical bytes of a tree in C (_treejson.c); see resurgo/snapshot/model.py.
+from typing import Any
+
+def encode(nodes: list[Any], version: int, /) -> bytes | None: ...
