@@ -23,17 +23,16 @@ def _native(name: str):
     built and is not, the test fails in CI (resurgo.testing.environment)."""
     from resurgo.snapshot import dirscan
 
-    return _built(dirscan, name, "resurgo.snapshot._dirscan")
+    return _built(getattr(dirscan, name), dirscan.NATIVE_EXPECTED, "resurgo.snapshot._dirscan")
 
 
-def _built(module, name: str, extension: str):
-    """``module.name``, which comes from ``extension``; where that should be
-    built and is not, the test fails in CI (resurgo.testing.environment)."""
+def _built(found, expected: bool, extension: str):
+    """``found``, a function of ``extension``; where that should be built
+    (``expected``) and is not, the test fails in CI (resurgo.testing.environment)."""
     from resurgo.testing.environment import unavailable
 
-    found = getattr(module, name)
     if found is None:
-        if module.NATIVE_EXPECTED:
+        if expected:
             unavailable(f"{extension} is not built (scripts/setup.sh builds it)")
         pytest.skip("no native stage on this platform")
     return found
@@ -68,7 +67,15 @@ def native_seal():
     """The native sealing of a window of blobs (repo/batch.py): ``batch.seal``."""
     from resurgo.repo import batch
 
-    return _built(batch, "seal", "resurgo.repo._seal")
+    return _built(batch.seal, batch.NATIVE_EXPECTED, "resurgo.repo._seal")
+
+
+@pytest.fixture(scope="session")
+def native_encode():
+    """The native tree encoder (snapshot/_treejson.c)."""
+    from resurgo.snapshot import dirscan, model
+
+    return _built(model._native_encode, dirscan.NATIVE_EXPECTED, "resurgo.snapshot._treejson")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from typing import Any
 
 import pytest
@@ -423,18 +422,6 @@ def test_the_text_field_named_is_the_one_that_is_not_a_string() -> None:
 
 
 # --- the native encoder (_treejson.c) -----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def native_encode():
-    from resurgo.snapshot import model as model_mod
-    from resurgo.testing.environment import unavailable
-
-    if model_mod._native_encode is None:
-        if sys.platform.startswith("linux"):
-            unavailable("resurgo.snapshot._treejson is not built (scripts/setup.sh builds it)")
-        pytest.skip("no native stage on this platform")
-    return model_mod._native_encode
 
 
 escapey = st.text(alphabet=st.sampled_from(list('ab"\\/\b\f\n\r\t\x00\x01\x1f\x7f é€😀')), max_size=10)
