@@ -432,8 +432,9 @@ class _Backup:
             return self._read_file(path, node, st)  # READ_FALLBACK: as without it
         _, offset, size, node.mtime_ns, node.ctime_ns, changed = got
         node.size = size
-        # A copy, freed before the next file's: what is kept of it (a
-        # dictionary sample) must not keep the whole window alive.
+        # Saved with its window (_save_window), or here from a copy, freed
+        # before the next file's: what is kept of it (a dictionary sample)
+        # must not keep the whole window alive.
         node.content = saved if saved is not None else self._save_data(
             window[offset : offset + size], size)
         node.holes = []

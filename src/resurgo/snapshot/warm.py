@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections import deque
 from collections.abc import Sequence
 
 from resurgo.snapshot import dirscan
@@ -31,7 +32,7 @@ WARM_THREADS = 2
 def warm_tree(paths: Sequence[bytes], stop: threading.Event, *, threads: int = WARM_THREADS) -> int:
     """List the directories under ``paths`` (breadth first, each on its target's
     file system) until ``stop`` is set or all are listed; the directories listed."""
-    pending: list[tuple[bytes, int]] = []
+    pending: deque[tuple[bytes, int]] = deque()  # breadth first: popped from the left
     for path in paths:
         try:
             st = os.lstat(path)
@@ -52,7 +53,7 @@ def warm_tree(paths: Sequence[bytes], stop: threading.Event, *, threads: int = W
                 if stop.is_set() or not pending:
                     cond.notify_all()
                     return
-                path, dev = pending.pop(0)
+                path, dev = pending.popleft()
                 busy += 1
             subdirs, count = _list(path, dev)
             with cond:
