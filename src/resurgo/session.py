@@ -22,6 +22,9 @@ used when nothing else is configured, following the XDG base directory spec.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -112,6 +115,65 @@ def _import_in_background(*modules: str) -> threading.Thread:
     return thread
 
 
+# Extension modules every command that opens a repository loads once the key
+# is derived (the AEAD, zstd): large shared objects (14 and 12 MB) whose pages
+# a cold start would read from the disk one fault at a time, the interpreter
+# waiting.
+_EXTENSIONS_AFTER_KEY = ("cryptography.hazmat.bindings._rust", "zstandard.backend_c")
+
+
+def _code_files() -> list[str]:
+    """The files of code a command imports after the key is derived: this
+    package's compiled modules and extensions, and ``_EXTENSIONS_AFTER_KEY``.
+
+    Found without importing anything: a top-level package's spec names its
+    directory without running it."""
+    files: list[str] = []
+    for base, _dirs, names in os.walk(os.path.dirname(os.path.abspath(__file__))):
+        cached = os.path.basename(base) == "__pycache__"
+        files += [os.path.join(base, n) for n in names if n.endswith(".pyc" if cached else ".so")]
+    for name in _EXTENSIONS_AFTER_KEY:
+        top, _, rest = name.partition(".")
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            continue
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        stem = os.path.join(next(iter(spec.submodule_search_locations)), *rest.split("."))
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            if os.path.isfile(stem + suffix):
+                files.append(stem + suffix)
+                break
+    return files
+
+
+def warm_code(stop: threading.Event) -> int:
+    """Ask the kernel to read the code files a command imports next into the
+    page cache (``POSIX_FADV_WILLNEED``, which starts the reads without
+    waiting for them), until ``stop`` is set; the files asked for.
+
+    Run while the key is derived, when the disk is otherwise idle: after it,
+    a cold start spent ~40 ms importing ``cryptography`` alone (strace of an
+    incremental backup). A hint: every error is ignored."""
+    asked = 0
+    for path in _code_files():
+        if stop.is_set():
+            break
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            asked += 1
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return asked
+
+
 def _warm_in_background(task: Callable[[threading.Event], object], stop: threading.Event) -> threading.Thread:
     """Run ``task(stop)`` in a thread while the caller derives the key (the
     caller sets ``stop`` when it is derived). A warm-up is a hint: its errors
@@ -152,8 +214,9 @@ def open_repo(
     repository fail with ``ReadOnlyError``: commands that only read declare it,
     so a read path can never mutate the repository by mistake.
 
-    While the key is derived, the disk is otherwise idle: the files of the
-    cache directory are read ahead (``cache.warm_cache``), and each ``warm``
+    While the key is derived, the disk is otherwise idle: the code imported
+    next (``warm_code``) and the files of the cache directory
+    (``cache.warm_cache``) are read ahead, and each ``warm``
     task (a backup's ``snapshot.warm.warm_tree``) runs in a thread of its own,
     told to stop once the key is derived (docs/design.md, "Start-up").
     """
@@ -176,7 +239,7 @@ def open_repo(
             return Repository.init(backend, password, params=params, cache_dir=cache_dir, key=key)
         from resurgo.repo.keys import unlock
 
-        tasks = list(warm)
+        tasks = [warm_code, *warm]
         if cache_dir is not None:
             from resurgo.repo.cache import warm_cache
 

@@ -160,6 +160,64 @@ def test_an_envelope_under_another_context_or_key_fails_authentication(native_se
         Sealer(bytes(32), 3, dictionaries=lambda tag: DICT).open(Kind.DATA, env, b"blob-a", name="x")
 
 
+# -- opening small envelopes ------------------------------------------------------------
+
+
+@QUICK
+@given(kind=st.sampled_from([Kind.DATA, Kind.TREE]), data=any_data, context=st.binary(max_size=40),
+       native=st.booleans())
+def test_open_small_opens_what_the_sealer_seals_without_a_dictionary(
+    native_seal, kind: Kind, data: bytes, context: bytes, native: bool
+) -> None:
+    assert batch.open_small is not None
+    env = (SEALER.seal_window(kind, data, [(0, len(data), context, None)])[0] if native
+           else SEALER.seal_view(kind, data, context))
+    assert batch.open_small(SEALER._key, kind, env, context) == data
+    assert SEALER.open(kind, env, context, name="x") == data
+
+
+def test_open_small_leaves_everything_else_to_python(native_seal) -> None:
+    assert batch.open_small is not None
+    r = random.Random(3)
+    text = source_file(r, 40)
+    env = SEALER.seal(Kind.TREE, text, b"ctx")
+    key = SEALER._key
+    assert batch.open_small(key, Kind.TREE, env, b"ctx") == text
+    damaged = bytearray(env)
+    damaged[len(env) // 2] ^= 1
+    with_dict = SEALER.seal(Kind.DATA, text, b"ctx", dictionary=DICT)
+    assert peek_header(with_dict)[0] == FORMAT_VERSION_DICT
+    for args in [
+        (key, Kind.DATA, env, b"ctx"),  # another kind
+        (key, Kind.TREE, env, b"other"),  # another context
+        (bytes(32), Kind.TREE, env, b"ctx"),  # another key
+        (key, Kind.TREE, bytes(damaged), b"ctx"),
+        (key, Kind.TREE, env[:20], b"ctx"),
+        (key, Kind.DATA, with_dict, b"ctx"),  # a dictionary: Python's
+    ]:
+        assert batch.open_small(*args) is None
+    # Python then names the error, as before.
+    with pytest.raises(Exception, match="authentication failed"):
+        SEALER.open(Kind.TREE, bytes(damaged), b"ctx", name="x")
+    with pytest.raises(Exception, match="expected a data object"):
+        SEALER.open(Kind.DATA, env, b"ctx", name="x")
+    assert Sealer(KEY, 3, dictionaries=lambda tag: DICT).open(Kind.DATA, with_dict, b"ctx", name="x") == text
+
+
+def test_small_blobs_are_named_and_sealed_holding_the_gil_as_before(native_seal) -> None:
+    """``Repository.blob_id`` and ``save_blob`` of small blobs go through the
+    native stage: the same IDs as keyed BLAKE3, envelopes that open."""
+    repo = new_repo()
+    r = random.Random(5)
+    for size in (0, 1, 100, batch.SEAL_HOLDS_GIL_UPTO, batch.HASH_HOLDS_GIL_UPTO, batch.HASH_HOLDS_GIL_UPTO + 1):
+        data = r.randbytes(size)
+        assert repo.blob_id(data) == blake3.blake3(data, key=repo._master.id_mac).digest()
+        bid, added = repo.save_blob(BlobType.TREE, data)
+        assert added and bid == repo.blob_id(data)
+    repo.flush()
+    assert check_repository(repo, read_all_data=True).ok
+
+
 def test_seal_refuses_bad_items_with_a_clear_error(native_seal) -> None:
     assert batch.seal is not None and batch.CDict is not None
     cdict = DICT.native(4)

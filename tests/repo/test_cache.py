@@ -348,3 +348,37 @@ def test_check_reads_the_repository_not_a_good_cached_copy(
     # Each tree pack is fetched once for the whole check, not once per tree.
     for pack_hex in tree_packs:
         assert rec.count("get", layout.pack(pack_hex)) <= 2  # trailer + the whole pack
+
+
+def test_a_pack_read_from_again_is_held_in_memory_until_dropped(tmp_path: Path, monkeypatch) -> None:
+    """The second read of a cached pack keeps the whole file in memory (a
+    backup reads many trees from one pack); dropping the pack forgets it."""
+    from resurgo.repo import cache as cache_mod
+
+    rc = cache_mod.RepoCache(tmp_path)
+    data = os.urandom(4000)
+    name = blake3.blake3(data).hexdigest()
+    rc.store_pack(name, data)
+    path = tmp_path / "packs" / name[:2] / name
+    assert rc.read_pack(name, 10, 20) == data[10:30]  # read from the file
+    assert rc.read_pack(name, 100, 50) == data[100:150]  # the file read whole, and held
+    path.write_bytes(b"x" * 4000)
+    assert rc.read_pack(name, 200, 10) == data[200:210]  # from memory
+    assert rc.read_pack(name, 3990, 20) is None  # past the end: short
+    rc.drop_pack(name)
+    assert rc.read_pack(name, 0, 10) is None
+    rc.store_pack(name, data)
+    assert rc.read_pack(name, 0, 10) == data[:10]
+
+    # A pack larger than the limit is read a blob at a time, every time.
+    monkeypatch.setattr(cache_mod, "HELD_PACK_BYTES", 1000)
+    other = os.urandom(3000)
+    other_name = blake3.blake3(other).hexdigest()
+    rc.store_pack(other_name, other)
+    assert rc.read_pack(other_name, 0, 10) == other[:10]
+    assert rc.read_pack(other_name, 0, 10) == other[:10]
+    (tmp_path / "packs" / other_name[:2] / other_name).write_bytes(b"y" * 3000)
+    assert rc.read_pack(other_name, 0, 10) == b"y" * 10
+    # Packs that are pruned are forgotten too.
+    assert rc.retain_packs(set()) == 2
+    assert rc.read_pack(name, 0, 10) is None

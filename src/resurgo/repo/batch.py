@@ -19,7 +19,18 @@ aside, which are random).
   Returns ``(envelopes, spans)``: envelope ``i`` is ``envelopes[offset:offset
   + length]`` for ``spans[i]``.
 
-All three are None when the extension is not built (no compiler, no libzstd
+Both keep the GIL when there is little work (``HASH_HOLDS_GIL_UPTO``,
+``SEAL_HOLDS_GIL_UPTO`` bytes in all): taking it back after releasing it
+waits for the other thread, which costs more than hashing or sealing a
+directory's tree. The repository uses them for every blob that small
+(``Repository.blob_id``, ``_seal_one``) for that reason.
+
+- ``open_small(key, kind, envelope, context)``: the plaintext of a small
+  envelope without a dictionary, holding the GIL; None for anything else or
+  anything wrong, which ``crypto.Sealer.open`` then opens (or names the error
+  of) itself. It is called for envelopes up to ``OPEN_SMALL_UPTO`` bytes.
+
+All four are None when the extension is not built (no compiler, no libzstd
 or libcrypto headers at install time, another platform): every blob is then
 hashed and sealed in Python, with the same result. ``NATIVE_EXPECTED`` says
 whether this platform should have it (tests fail in CI when it is missing).
@@ -33,6 +44,12 @@ from typing import Any
 
 NATIVE_EXPECTED = sys.platform.startswith("linux")
 
+# _seal.c's limits (kept equal there): more bytes than these in one call, and
+# the call releases the GIL.
+HASH_HOLDS_GIL_UPTO = 64 * 1024
+SEAL_HOLDS_GIL_UPTO = 16 * 1024
+OPEN_SMALL_UPTO = 16 * 1024
+
 Span = tuple[int, int]
 # (offset, size, context, level, cdict or None, tag or None)
 Item = tuple[int, int, bytes, int, Any, bytes | None]
@@ -40,7 +57,8 @@ Item = tuple[int, int, bytes, int, Any, bytes | None]
 blob_ids: Callable[[bytes, bytes | memoryview, list[Span]], list[bytes]] | None
 seal: Callable[[bytes, int, bytes | memoryview, list[Item]], tuple[bytes, list[Span]]] | None
 CDict: Callable[[bytes, int], Any] | None
+open_small: Callable[[bytes, int, bytes | memoryview, bytes], bytes | None] | None
 try:
-    from resurgo.repo._seal import CDict, blob_ids, seal
+    from resurgo.repo._seal import CDict, blob_ids, open_small, seal
 except ImportError:
-    blob_ids = seal = CDict = None
+    blob_ids = seal = CDict = open_small = None

@@ -15,7 +15,8 @@ repository facade.
 
 Nothing in the cache is trusted. Every entry is named by the hash of its
 content, as in the repository: a snapshot envelope is checked against its name
-on every read; of a pack, only the blob a caller wants is read, and the caller
+on every read; of a pack, only the blob a caller wants is read (or, for a pack
+read from again, the whole file once, kept in memory), and the caller
 authenticates it (a whole pack is checked against its name when it is
 fetched, before it is stored). An entry that
 fails any check is deleted and fetched again from the backend. Entries are
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -38,6 +40,13 @@ import blake3
 SNAPSHOTS_DIR = "snapshots"
 PACKS_DIR = "packs"
 _TEMP_PREFIX = ".tmp-"
+
+# Cached packs read from more than once are kept whole in memory, this many
+# bytes of them at most (a larger pack is read a blob at a time). A backup
+# compares every changed directory with its parent tree: reading each from
+# the file cost an open, a read and a close, each a hand-off of the GIL
+# (docs/benchmarks.md, optimisation log).
+HELD_PACK_BYTES = 16 << 20
 
 
 def _hash_hex(data: bytes | memoryview) -> str:
@@ -57,6 +66,10 @@ class RepoCache:
         self.root = Path(root)
         self._lock = threading.Lock()
         self._fetch_locks: dict[str, threading.Lock] = {}
+        self._held: OrderedDict[str, bytes] = OrderedDict()  # least recently used first
+        self._held_bytes = 0
+        self._read_before: set[str] = set()  # packs read from once, not held
+        self._too_large: set[str] = set()  # packs never held
         # Counters, for tests and diagnostics.
         self.hits = 0
         self.misses = 0
@@ -123,14 +136,27 @@ class RepoCache:
     def read_pack(self, pack_hex: str, offset: int, length: int) -> bytes | None:
         """``length`` bytes at ``offset`` of the cached pack, or None if absent or short.
 
-        Only those bytes are read: the caller authenticates the blob they hold
-        (its envelope binds the blob's type and ID) and calls ``drop_pack`` if
-        that fails. Checking the whole pack against its name first would read
-        and hash all of it (up to a pack's size) to use one small tree.
+        Only those bytes are read, the first time: the caller authenticates
+        the blob they hold (its envelope binds the blob's type and ID) and
+        calls ``drop_pack`` if that fails. Checking the whole pack against its
+        name first would read and hash all of it (up to a pack's size) to use
+        one small tree. A pack read from again is read whole and kept (up to
+        ``HELD_PACK_BYTES``): its blobs are then sliced from memory.
         """
         if not _valid_name(pack_hex):
             return None
-        chunk = _pread(self._pack_path(pack_hex), offset, length)
+        with self._lock:
+            whole = self._held.get(pack_hex)
+            if whole is not None:
+                self._held.move_to_end(pack_hex)
+            again = pack_hex in self._read_before and pack_hex not in self._too_large
+            self._read_before.add(pack_hex)
+        if whole is None and again:
+            whole = self._hold(pack_hex)
+        if whole is not None:
+            chunk: bytes | None = whole[offset : offset + length]
+        else:
+            chunk = _pread(self._pack_path(pack_hex), offset, length)
         if chunk is None:
             self._count(hit=False)
             return None
@@ -141,6 +167,35 @@ class RepoCache:
         self._count(hit=True)
         return chunk
 
+    def _hold(self, pack_hex: str) -> bytes | None:
+        """The whole cached pack, now kept in memory; None if absent or too large to keep."""
+        path = self._pack_path(pack_hex)
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            return None
+        whole = read_file(path) if size <= HELD_PACK_BYTES else None
+        if whole is None or len(whole) > HELD_PACK_BYTES:
+            if size > HELD_PACK_BYTES:
+                with self._lock:
+                    self._too_large.add(pack_hex)
+            return None
+        with self._lock:
+            if pack_hex not in self._held:
+                self._held[pack_hex] = whole
+                self._held_bytes += len(whole)
+            while self._held_bytes > HELD_PACK_BYTES:
+                _, old = self._held.popitem(last=False)
+                self._held_bytes -= len(old)
+        return whole
+
+    def _release(self, pack_hexes: Iterable[str]) -> None:
+        with self._lock:
+            for pack_hex in pack_hexes:
+                old = self._held.pop(pack_hex, None)
+                if old is not None:
+                    self._held_bytes -= len(old)
+
     def store_pack(self, pack_hex: str, data: bytes) -> None:
         """Keep a pack the caller has already checked against its name."""
         if not _valid_name(pack_hex):
@@ -148,12 +203,16 @@ class RepoCache:
         write_atomic(self._pack_path(pack_hex), data)
 
     def drop_pack(self, pack_hex: str) -> None:
+        self._release([pack_hex])
         if _valid_name(pack_hex) and _unlink(self._pack_path(pack_hex)):
             with self._lock:
                 self.dropped += 1
 
     def retain_packs(self, pack_hexes: set[str]) -> int:
         """Delete cached packs not in ``pack_hexes`` (no longer indexed: pruned)."""
+        with self._lock:
+            gone = [h for h in self._held if h not in pack_hexes]
+        self._release(gone)
         removed = 0
         base = self.root / PACKS_DIR
         try:

@@ -363,7 +363,7 @@ class Sealer:
         return _HEADER.pack(version, CIPHER_AES256GCM, comp, kind), body
 
     def seal_window(
-        self, kind: Kind, data: bytes, items: list[tuple[int, int, bytes, Dictionary | None]]
+        self, kind: Kind, data: bytes | memoryview, items: list[tuple[int, int, bytes, Dictionary | None]]
     ) -> list[memoryview]:
         """``seal_view`` of each ``(offset, size, context, dictionary)`` of ``data``,
         in one native call without the GIL (``batch.seal``; it must be built).
@@ -386,6 +386,11 @@ class Sealer:
         self, kind: Kind, envelope: bytes | memoryview, context: bytes = b"", *, name: str
     ) -> bytes:
         """Authenticate, decrypt and decompress an envelope; ``name`` is for error messages."""
+        if batch.open_small is not None and len(envelope) <= batch.OPEN_SMALL_UPTO:
+            # A tree read back to be compared: natively, holding the GIL (batch.py).
+            plain = batch.open_small(self._key, kind, envelope, context)
+            if plain is not None:
+                return plain
         header, version, comp = _check_header(kind, envelope, name)
         nonce = envelope[HEADER_LEN : HEADER_LEN + NONCE_LEN]
         try:
