@@ -124,14 +124,19 @@ _EXTENSIONS_AFTER_KEY = ("cryptography.hazmat.bindings._rust", "zstandard.backen
 
 def _code_files() -> list[str]:
     """The files of code a command imports after the key is derived: this
-    package's compiled modules and extensions, and ``_EXTENSIONS_AFTER_KEY``.
+    package's compiled modules (or sources, where none were compiled) and
+    extensions, and ``_EXTENSIONS_AFTER_KEY``.
 
     Found without importing anything: a top-level package's spec names its
     directory without running it."""
     files: list[str] = []
-    for base, _dirs, names in os.walk(os.path.dirname(os.path.abspath(__file__))):
-        cached = os.path.basename(base) == "__pycache__"
-        files += [os.path.join(base, n) for n in names if n.endswith(".pyc" if cached else ".so")]
+    for base, dirs, names in os.walk(os.path.dirname(os.path.abspath(__file__))):
+        if os.path.basename(base) == "__pycache__":
+            files += [os.path.join(base, n) for n in names if n.endswith(".pyc")]
+            continue
+        # The sources are read only where nothing was compiled (no __pycache__).
+        kinds = (".so",) if "__pycache__" in dirs else (".so", ".py")
+        files += [os.path.join(base, n) for n in names if n.endswith(kinds)]
     for name in _EXTENSIONS_AFTER_KEY:
         top, _, rest = name.partition(".")
         try:

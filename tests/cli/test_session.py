@@ -135,3 +135,30 @@ def test_warm_tasks_run_while_the_key_is_derived_and_are_stopped_after(tmp_path,
     repo = open_repo(url, PW, warm=[task, failing], cache_dir=tmp_path / "cache")
     repo.close()
     assert events == ["derive", "stopped"] and seen[0].is_set()
+
+
+def test_the_code_imported_after_the_key_is_read_ahead_meanwhile(monkeypatch):
+    """``warm_code`` asks for this package's compiled modules and the large
+    extension modules imported once the key is derived, without importing them."""
+    import os
+    import threading
+
+    import resurgo
+    from resurgo import session
+
+    files = session._code_files()
+    package = os.path.dirname(os.path.abspath(resurgo.__file__))
+    assert any(f.startswith(package) and f.endswith((".pyc", ".py")) for f in files)
+    assert any(f.startswith(package) and f.endswith(".so") for f in files)  # the native stages
+    names = {os.path.basename(f).split(".")[0] for f in files}
+    assert {"_rust", "backend_c"} <= names  # cryptography's and zstandard's
+    assert all(os.path.isfile(f) for f in files)
+
+    asked: list[int] = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: asked.append(advice) or real(fd, off, n, advice))
+    assert session.warm_code(threading.Event()) == len(files) == len(asked)
+    assert set(asked) == {os.POSIX_FADV_WILLNEED}
+    stop = threading.Event()
+    stop.set()
+    assert session.warm_code(stop) == 0
