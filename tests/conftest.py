@@ -78,6 +78,14 @@ def native_encode():
     return _built(model._native_encode, dirscan.NATIVE_EXPECTED, "resurgo.snapshot._treejson")
 
 
+@pytest.fixture(scope="session")
+def native_decode():
+    """The native tree decoder (snapshot/_treejson.c)."""
+    from resurgo.snapshot import dirscan, model
+
+    return _built(model._native_decode, dirscan.NATIVE_EXPECTED, "resurgo.snapshot._treejson")
+
+
 @pytest.fixture
 def deny_open(monkeypatch) -> Callable[..., None]:
     """``deny_open(*suffixes)``: a backup's files whose paths end with one of

@@ -242,6 +242,11 @@ def assert_corrupt(data: bytes, reason: str) -> None:
 def test_decode_tree_rejects_malformed_or_hostile_nodes(node: dict[str, Any], reason: str) -> None:
     node = {k: v for k, v in node.items() if v is not None}
     assert_corrupt(raw_tree(node), reason)
+    # In the canonical form too (sorted keys, no spaces): the form the native
+    # decoder parses, which must leave every one of these to Python.
+    canonical = json.dumps({"nodes": [node], "v": 1}, sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False).encode()
+    assert_corrupt(canonical, reason)
 
 
 def test_decode_tree_rejects_duplicate_names() -> None:
@@ -311,6 +316,120 @@ def test_decode_tree_on_mutated_encodings_raises_only_typed_errors(
             assert node.name not in (b"", b".", b"..") and b"/" not in node.name
     except (CorruptObject, UnsupportedVersion):
         pass
+
+
+# --- the native decoder ------------------------------------------------------------------
+
+
+class _PythonOnly:
+    """Within it, trees are decoded in Python only (hypothesis cannot use monkeypatch)."""
+
+    def __enter__(self) -> None:
+        self.saved = model._native_decode
+        model._native_decode = None
+
+    def __exit__(self, *exc: object) -> None:
+        model._native_decode = self.saved
+
+
+def _outcome(data: bytes) -> tuple[str, Any]:
+    try:
+        return "nodes", decode_tree(data, tree_id=TREE_ID)
+    except (CorruptObject, UnsupportedVersion) as e:
+        return type(e).__name__, str(e)
+
+
+def _plain(node: Node) -> bool:
+    """Whether the native decoder parses ``node``'s encoding itself (no escapes,
+    no base64, no extended attributes or holes)."""
+    texts = [t for t in (node.user, node.group, node.error) if t is not None]
+    raw = [node.name] + ([node.linktarget] if node.linktarget is not None else [])
+    try:
+        texts += [b.decode("utf-8") for b in raw]
+    except UnicodeDecodeError:
+        return False  # base64
+    return (
+        not node.xattrs and not node.holes
+        and all(min(map(ord, t), default=32) >= 32 and '"' not in t and "\\" not in t for t in texts)
+    )
+
+
+@settings(max_examples=300)
+@given(trees())
+def test_native_decoder_returns_what_the_python_decoder_does(native_decode, tree: list[Node]) -> None:
+    data = encode_tree(tree)
+    native = model._native_decode(data, Node, model._TYPES_BY_NAME, model.TREE_VERSION)
+    with _PythonOnly():
+        expected = decode_tree(data)
+    if all(_plain(n) for n in tree):
+        assert native == expected  # parsed natively, in name order
+    assert decode_tree(data) == expected
+
+
+@settings(max_examples=500)
+@given(trees(), st.data())
+def test_native_decoder_agrees_with_python_on_damaged_trees(
+    native_decode, tree: list[Node], data: st.DataObject
+) -> None:
+    encoded = bytearray(encode_tree(tree))
+    for _ in range(data.draw(st.integers(1, 3))):
+        pos = data.draw(st.integers(0, len(encoded) - 1))
+        encoded[pos] = data.draw(st.sampled_from(b'0123456789abcdefABCDEF-,:{}[]"\\ ./\x00\xff'))
+    damaged = bytes(encoded)
+    with _PythonOnly():
+        expected = _outcome(damaged)
+    assert _outcome(damaged) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"nodes":[{"name":"a","nlink":1,"type":"file"}],"v":1}',  # a default written out
+        b'{"nodes":[{"mode":0,"name":"a","type":"file"}],"v":1}',
+        b'{"nodes":[{"mtime_ns":-0,"name":"a","type":"file"}],"v":1}',
+        b'{"nodes":[{"name":"b","type":"file"},{"name":"a","type":"file"}],"v":1}',  # unsorted
+        b'{"nodes":[{"type":"file","name":"a"}],"v":1}',  # keys out of order
+        b'{"nodes":[{"content":[],"name":"a","type":"file"}],"v":1}',
+        b'{"nodes":[{"name":"a","type":"file"}], "v":1}',
+        # beyond 64 bits: valid, and left to Python
+        b'{"nodes":[{"mtime_ns":-9223372036854775809,"name":"a","type":"file"}],"v":1}',
+    ],
+)
+def test_noncanonical_trees_are_decoded_as_python_decodes_them(native_decode, data: bytes) -> None:
+    with _PythonOnly():
+        expected = _outcome(data)
+    assert expected[0] == "nodes"
+    assert _outcome(data) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"nodes":[{"mode":4096,"name":"a","type":"file"}],"v":1}',
+        b'{"nodes":[{"name":"a","type":"file","uid":4294967296}],"v":1}',
+        b'{"nodes":[{"name":"a","size":18446744073709551616,"type":"file"}],"v":1}',
+        b'{"nodes":[{"name":"a","subtree":"' + BLOB.encode() + b'","type":"file"}],"v":1}',
+        b'{"nodes":[{"name":"d","type":"dir"}],"v":1}',
+        b'{"nodes":[{"content":["' + BLOB.encode() + b'"],"name":"d","subtree":"' + BLOB.encode()
+        + b'","type":"dir"}],"v":1}',
+        b'{"nodes":[{"name":"l","type":"symlink"}],"v":1}',
+        b'{"nodes":[{"linktarget":"x","name":"a","type":"file"}],"v":1}',
+        b'{"nodes":[{"name":"..","type":"file"}],"v":1}',
+        b'{"nodes":[{"name":"a/b","type":"file"}],"v":1}',
+        b'{"nodes":[{"name":"a","name":"b","type":"file"}],"v":1}',
+        b'{"nodes":[{"name":"\xed\xa0\x80","type":"file"}],"v":1}',  # a surrogate in UTF-8
+        b'{"nodes":[{"name":"a","type":"file","user":"\xff"}],"v":1}',
+        b'{"nodes":[{"name":"a","type":"file"}],"v":2}',
+        b'{"nodes":[{"name":"a","type":"file"}],"v":1}x',
+    ],
+)
+def test_native_decoder_leaves_what_python_rejects_to_python(native_decode, data: bytes) -> None:
+    native = model._native_decode(data, Node, model._TYPES_BY_NAME, model.TREE_VERSION)
+    assert native is None or model._native_encode(native, model.TREE_VERSION) != data
+    with _PythonOnly():
+        expected = _outcome(data)
+    assert expected[0] != "nodes"
+    assert _outcome(data) == expected
 
 
 # --- snapshots -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-/* resurgo.snapshot._treejson: the canonical bytes of a tree, written in C.
+/* resurgo.snapshot._treejson: the canonical bytes of a tree, written and read in C.
  *
  * encode(nodes, version) -> bytes | None
+ * decode(data, node_class, types, version) -> [Node] | None (see "decoding" below)
  *
  * Exactly what model.encode_tree writes in Python: the nodes sorted by raw
  * name, each as the canonical JSON object model._node_json builds (fields in
@@ -20,6 +21,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -473,10 +475,318 @@ static PyObject *encode(PyObject *module, PyObject *args)
     return result;
 }
 
+
+/* ------------------------------------------------------------ decoding */
+
+/* decode(data, node_class, types, version) -> [Node] | None
+ *
+ * The nodes of a tree in the canonical form encode writes, as Node objects
+ * (``node_class``; ``types`` maps each type's name to its NodeType), or None
+ * for anything else: model.decode_tree then decodes in Python, which also
+ * names the errors. Python's decoding was ~5.8 us per node, with the GIL
+ * held, for every parent tree a backup compares a changed directory with.
+ *
+ * Only the canonical subset is parsed: no whitespace, no escape in a string,
+ * no name or link target in base64, no extended attributes, no holes; the
+ * rest is left to Python. What it returns is checked by the caller: the
+ * nodes must encode back to ``data`` exactly, so a tree that is not in the
+ * canonical form (fields out of order, defaults written out, names unsorted
+ * or repeated, hex in capitals) is decoded in Python too. The checks that
+ * the encoder does not repeat (the decoder's validation rules: ranges,
+ * names, which fields each type may have) are made here. */
+
+typedef struct {
+    const char *p, *end;
+} In;
+
+static int lit(In *in, const char *s, size_t n)
+{
+    if ((size_t)(in->end - in->p) < n || memcmp(in->p, s, n) != 0)
+        return -1;
+    in->p += n;
+    return 0;
+}
+
+#define LIT(in, s) lit((in), (s), sizeof(s) - 1)
+
+/* A string without escapes or control characters: its bytes (not checked
+ * for UTF-8). -1 for anything else. */
+static int str(In *in, const char **s, size_t *n)
+{
+    if (in->p >= in->end || *in->p != '"')
+        return -1;
+    const char *start = ++in->p;
+    while (in->p < in->end) {
+        unsigned char c = (unsigned char)*in->p;
+        if (c == '"') {
+            *s = start;
+            *n = (size_t)(in->p - start);
+            in->p++;
+            return 0;
+        }
+        if (c == '\\' || c < 0x20)
+            return -1;
+        in->p++;
+    }
+    return -1;
+}
+
+/* A decimal integer without sign (or with '-' when ``sign``), into *u (the
+ * magnitude) and *neg; -1 beyond 64 bits or when not an integer. */
+static int num(In *in, int sign, unsigned long long *u, int *neg)
+{
+    *neg = 0;
+    if (sign && in->p < in->end && *in->p == '-') {
+        *neg = 1;
+        in->p++;
+    }
+    const char *start = in->p;
+    unsigned long long v = 0;
+    while (in->p < in->end && *in->p >= '0' && *in->p <= '9') {
+        unsigned d = (unsigned)(*in->p - '0');
+        if (v > (ULLONG_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+        in->p++;
+    }
+    if (in->p == start || (in->p - start > 1 && *start == '0'))
+        return -1;
+    if (in->p < in->end && (*in->p == '.' || *in->p == 'e' || *in->p == 'E'))
+        return -1;
+    *u = v;
+    return 0;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* A blob ID: 64 lowercase hex digits, as bytes. NULL (no error set) otherwise. */
+static PyObject *blob_id(In *in)
+{
+    const char *s;
+    size_t n;
+    if (str(in, &s, &n) < 0 || n != 64)
+        return NULL;
+    unsigned char raw[32];
+    for (int i = 0; i < 32; i++) {
+        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return NULL;
+        raw[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return PyBytes_FromStringAndSize((const char *)raw, 32);
+}
+
+/* The int fields of a node: key, Node argument index, maximum; times are signed. */
+typedef struct {
+    const char *key;
+    int arg;
+    unsigned long long max;
+    int sign;
+} IntField;
+
+static const IntField int_fields[] = {
+    {"atime_ns", A_ATIME, 0, 1}, {"ctime_ns", A_CTIME, 0, 1}, {"device_id", A_DEVICE, ULLONG_MAX, 0},
+    {"gid", A_GID, 0xFFFFFFFFull, 0}, {"inode", A_INODE, ULLONG_MAX, 0}, {"mode", A_MODE, 07777, 0},
+    {"mtime_ns", A_MTIME, 0, 1}, {"nlink", A_NLINK, ULLONG_MAX, 0}, {"rdev", A_RDEV, ULLONG_MAX, 0},
+    {"size", A_SIZE, ULLONG_MAX, 0}, {"uid", A_UID, 0xFFFFFFFFull, 0},
+};
+
+static const char *type_names[] = {"file", "dir", "symlink", "blockdev", "chardev", "fifo", "socket"};
+enum { T_FILE, T_DIR, T_SYMLINK, T_COUNT = 7 };
+
+/* Text as a str (strict UTF-8); NULL, no error set, when it is not. */
+static PyObject *text(const char *s, size_t n)
+{
+    PyObject *u = PyUnicode_DecodeUTF8(s, (Py_ssize_t)n, "strict");
+    if (u == NULL)
+        PyErr_Clear();
+    return u;
+}
+
+/* One node, or NULL: with an error set (out of memory, a failing Node
+ * call), or without (leave the tree to Python). */
+static PyObject *decode_node(In *in, PyObject *node_class, PyObject *types)
+{
+    PyObject *v[A_COUNT] = {NULL};
+    PyObject *node = NULL;
+    int type = -1;
+    if (LIT(in, "{") < 0)
+        return NULL;
+    int first = 1;
+    while (in->p < in->end && *in->p != '}') {
+        if (!first && LIT(in, ",") < 0)
+            goto done;
+        first = 0;
+        const char *key;
+        size_t kn;
+        if (str(in, &key, &kn) < 0 || LIT(in, ":") < 0)
+            goto done;
+        int handled = 0;
+        for (size_t i = 0; i < sizeof int_fields / sizeof int_fields[0]; i++) {
+            const IntField *f = &int_fields[i];
+            if (strlen(f->key) != kn || memcmp(f->key, key, kn) != 0)
+                continue;
+            handled = 1;
+            unsigned long long u;
+            int neg;
+            if (v[f->arg] != NULL || num(in, f->sign, &u, &neg) < 0)
+                goto done;
+            if (f->sign) {
+                if (u > (unsigned long long)LLONG_MAX + (unsigned long long)neg)
+                    goto done;
+                long long x = neg ? (long long)(0 - u) : (long long)u;
+                v[f->arg] = PyLong_FromLongLong(x);
+            } else {
+                if (u > f->max)
+                    goto done;
+                v[f->arg] = PyLong_FromUnsignedLongLong(u);
+            }
+            if (v[f->arg] == NULL)
+                goto done;
+            break;
+        }
+        if (handled)
+            continue;
+        const char *s;
+        size_t n;
+        int slot = -1;
+        if (kn == 4 && memcmp(key, "name", 4) == 0) {
+            if (v[A_NAME] != NULL || str(in, &s, &n) < 0 || n == 0 || (n == 1 && s[0] == '.') ||
+                (n == 2 && s[0] == '.' && s[1] == '.') || memchr(s, '/', n) != NULL)
+                goto done;
+            v[A_NAME] = PyBytes_FromStringAndSize(s, (Py_ssize_t)n);
+            if (v[A_NAME] == NULL)
+                goto done;
+        } else if (kn == 4 && memcmp(key, "type", 4) == 0) {
+            if (v[A_TYPE] != NULL || str(in, &s, &n) < 0)
+                goto done;
+            for (int t = 0; t < T_COUNT; t++)
+                if (strlen(type_names[t]) == n && memcmp(type_names[t], s, n) == 0)
+                    type = t;
+            if (type < 0)
+                goto done;
+            v[A_TYPE] = PyDict_GetItemString(types, type_names[type]);
+            if (v[A_TYPE] == NULL)
+                goto done;
+            Py_INCREF(v[A_TYPE]);
+        } else if ((kn == 4 && memcmp(key, "user", 4) == 0 && (slot = A_USER) >= 0) ||
+                   (kn == 5 && memcmp(key, "group", 5) == 0 && (slot = A_GROUP) >= 0) ||
+                   (kn == 5 && memcmp(key, "error", 5) == 0 && (slot = A_ERROR) >= 0)) {
+            if (v[slot] != NULL || str(in, &s, &n) < 0 || (v[slot] = text(s, n)) == NULL)
+                goto done;
+        } else if (kn == 10 && memcmp(key, "linktarget", 10) == 0) {
+            if (v[A_LINKTARGET] != NULL || str(in, &s, &n) < 0 || n == 0)
+                goto done;
+            v[A_LINKTARGET] = PyBytes_FromStringAndSize(s, (Py_ssize_t)n);
+            if (v[A_LINKTARGET] == NULL)
+                goto done;
+        } else if (kn == 7 && memcmp(key, "subtree", 7) == 0) {
+            if (v[A_SUBTREE] != NULL || (v[A_SUBTREE] = blob_id(in)) == NULL)
+                goto done;
+        } else if (kn == 7 && memcmp(key, "content", 7) == 0) {
+            if (v[A_CONTENT] != NULL || LIT(in, "[") < 0 || (v[A_CONTENT] = PyList_New(0)) == NULL)
+                goto done;
+            int more = 0;
+            while (in->p < in->end && (more || *in->p != ']')) {
+                PyObject *id = blob_id(in);
+                int failed = id == NULL || PyList_Append(v[A_CONTENT], id) < 0;
+                Py_XDECREF(id);
+                if (failed)
+                    goto done;
+                more = in->p < in->end && *in->p == ',';
+                if (more)
+                    in->p++;
+            }
+            if (LIT(in, "]") < 0)
+                goto done;
+        } else {
+            goto done; /* xattrs, holes, a *_b64 field, or not a node field */
+        }
+    }
+    if (LIT(in, "}") < 0 || v[A_NAME] == NULL || type < 0)
+        goto done;
+    /* The decoder's rules on which fields each type may have. */
+    if ((type == T_SYMLINK) != (v[A_LINKTARGET] != NULL) ||
+        (type != T_FILE && v[A_CONTENT] != NULL && PyList_GET_SIZE(v[A_CONTENT]) > 0) ||
+        (type != T_DIR && v[A_SUBTREE] != NULL) ||
+        (type == T_DIR && v[A_SUBTREE] == NULL && v[A_ERROR] == NULL))
+        goto done;
+    static const long long defaults[A_COUNT] = {[A_NLINK] = 1};
+    for (int i = 0; i < A_COUNT; i++) {
+        if (v[i] != NULL)
+            continue;
+        switch (i) {
+        case A_MODE: case A_UID: case A_GID: case A_MTIME: case A_ATIME: case A_CTIME:
+        case A_SIZE: case A_INODE: case A_DEVICE: case A_NLINK: case A_RDEV:
+            v[i] = PyLong_FromLongLong(defaults[i]);
+            break;
+        case A_XATTRS:
+            v[i] = PyDict_New();
+            break;
+        case A_CONTENT: case A_HOLES:
+            v[i] = PyList_New(0);
+            break;
+        default:
+            v[i] = Py_NewRef(Py_None);
+        }
+        if (v[i] == NULL)
+            goto done;
+    }
+    node = PyObject_Vectorcall(node_class, v, A_COUNT, NULL);
+done:
+    for (int i = 0; i < A_COUNT; i++)
+        Py_XDECREF(v[i]);
+    return node;
+}
+
+static PyObject *decode(PyObject *module, PyObject *args)
+{
+    (void)module;
+    Py_buffer data;
+    PyObject *node_class, *types;
+    long long version;
+    if (!PyArg_ParseTuple(args, "y*OO!L", &data, &node_class, &PyDict_Type, &types, &version))
+        return NULL;
+    In in = {data.buf, (const char *)data.buf + data.len};
+    PyObject *nodes = PyList_New(0);
+    int ok = nodes != NULL && LIT(&in, "{\"nodes\":[") == 0;
+    int more = 0;
+    while (ok && in.p < in.end && (more || *in.p != ']')) {
+        PyObject *node = decode_node(&in, node_class, types);
+        ok = node != NULL && PyList_Append(nodes, node) == 0;
+        Py_XDECREF(node);
+        more = ok && in.p < in.end && *in.p == ',';
+        if (more)
+            in.p++;
+    }
+    if (ok) {
+        char tail[32];
+        int n = snprintf(tail, sizeof tail, "],\"v\":%lld}", version);
+        ok = lit(&in, tail, (size_t)n) == 0 && in.p == in.end;
+    }
+    PyBuffer_Release(&data);
+    if (ok)
+        return nodes;
+    Py_XDECREF(nodes);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"encode", encode, METH_VARARGS,
      "encode(nodes, version) -> bytes | None: the canonical bytes of a tree, as "
      "model.encode_tree writes them; None to leave the tree to Python."},
+    {"decode", decode, METH_VARARGS,
+     "decode(data, node_class, types, version) -> [Node] | None: the nodes of a tree in the "
+     "canonical form, for model.decode_tree to check against encode; None to leave it to Python."},
     {NULL, NULL, 0, NULL},
 };
 

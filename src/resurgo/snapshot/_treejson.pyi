@@ -2,3 +2,6 @@
 from typing import Any
 
 def encode(nodes: list[Any], version: int, /) -> bytes | None: ...
+def decode(
+    data: bytes | bytearray | memoryview, node_class: type, types: dict[str, Any], version: int, /
+) -> list[Any] | None: ...

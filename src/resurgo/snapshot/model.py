@@ -29,10 +29,12 @@ from typing import Any
 from resurgo.errors import CorruptObject, UnsupportedVersion
 
 _native_encode: Callable[[list[Any], int], bytes | None] | None
+_native_decode: Callable[[bytes | memoryview, type, dict[str, Any], int], list[Any] | None] | None
 try:
+    from resurgo.snapshot._treejson import decode as _native_decode
     from resurgo.snapshot._treejson import encode as _native_encode
-except ImportError:  # not built: trees are encoded in Python, to the same bytes
-    _native_encode = None
+except ImportError:  # not built: trees are encoded and decoded in Python, alike
+    _native_encode = _native_decode = None
 
 TREE_VERSION = 1
 SNAPSHOT_VERSION = 1
@@ -551,6 +553,9 @@ def _decode_node(obj: Any) -> Node:
     return node
 
 
+_TYPES_BY_NAME: dict[str, NodeType] = {t.value: t for t in NodeType}
+
+
 def _tree_name(tree_id: bytes | None) -> str:
     return f"tree {tree_id.hex()}" if tree_id is not None else "tree"
 
@@ -561,6 +566,14 @@ def decode_tree(data: bytes, *, tree_id: bytes | None = None) -> list[Node]:
     Raises CorruptObject("tree <id>", reason) for anything malformed or hostile,
     UnsupportedVersion for an unknown format version.
     """
+    if _native_decode is not None and _native_encode is not None:
+        # The canonical form, decoded in C (_treejson.c), is taken only when
+        # the nodes encode back to these very bytes: then they are what the
+        # code below would return. Anything else, damage included, is decoded
+        # (and its error named) below.
+        nodes = _native_decode(data, Node, _TYPES_BY_NAME, TREE_VERSION)
+        if nodes is not None and _native_encode(nodes, TREE_VERSION) == data:
+            return nodes
     name = _tree_name(tree_id)
     try:
         obj = _parse_json(data)
