@@ -147,6 +147,32 @@ def test_a_descriptor_that_is_not_a_directory_raises(scan, tmp_path):
         scan(-1)
 
 
+def test_a_path_is_opened_listed_and_closed_in_the_same_call(scan, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    for i in range(5):
+        (d / f"f{i}").write_bytes(b"x" * i)
+    (d / "sub").mkdir()
+    os.utime(d, ns=(1_000_000_000, 2_000_000_000))
+    open_before = len(os.listdir("/proc/self/fd"))
+    found = scan(os.fsencode(d))
+    assert os.stat(d).st_atime_ns == 1_000_000_000  # O_NOATIME: the atime stays
+    assert len(os.listdir("/proc/self/fd")) == open_before  # closed again
+    assert found == listing(scan, d)
+    assert_as_python(found, d)
+    # Open errors are what os.open raises for that path.
+    with pytest.raises(FileNotFoundError) as missing:
+        scan(os.fsencode(tmp_path / "missing"))
+    assert missing.value.filename == os.fsencode(tmp_path / "missing")
+    os.symlink(d, tmp_path / "link")
+    with pytest.raises(OSError):  # a symlink swapped in is not followed
+        scan(os.fsencode(tmp_path / "link"))
+    with pytest.raises(NotADirectoryError):
+        scan(os.fsencode(d / "f1"))
+    with pytest.raises(ValueError):
+        scan(b"a\0b")
+
+
 def test_xattr_free_says_which_paths_have_no_extended_attributes(xattr_free, tmp_path):
     plain, marked, d = tmp_path / "plain", tmp_path / "marked", tmp_path / "dir"
     plain.write_bytes(b"x")

@@ -253,6 +253,15 @@ def _chain(src: Future[Node | None], dst: Future[Node | None]) -> None:
         dst.set_result(src.result())
 
 
+def _xattr_free(paths: list[bytes]) -> bytes | None:
+    """Which of ``paths`` have no extended attributes, asked in one native call
+    without the GIL (``dirscan.xattr_free``; one ``listxattr`` per entry from
+    Python handed the GIL over each time); None when there is nothing to ask or
+    no native stage, and then each entry's attributes are read."""
+    free = dirscan.xattr_free
+    return free(paths) if paths and free is not None else None
+
+
 def _join(parent: bytes, name: bytes) -> bytes:
     return parent.rstrip(b"/") + b"/" + name
 
@@ -656,18 +665,23 @@ class _Backup:
             return True
         return False
 
+    def _kept_as_before(self, job: _DirJob, st: os.stat_result, old: Node, tally: _Tally) -> bool:
+        """Add a regular file whose node in the parent tree (``old``) describes it
+        exactly (content and metadata) as that node; False for anything else."""
+        if not (old.type is NodeType.FILE and stat.S_ISREG(st.st_mode) and self._same_as_before(st, old)):
+            return False
+        # Kept as it is, so the directory's comparison with the parent tree is
+        # quick and no node is built.
+        tally.unchanged += 1
+        tally.bytes_total += st.st_size
+        job.children.append(old)
+        return True
+
     def _add_entry(self, job: _DirJob, path: bytes, name: bytes, st: os.stat_result,
                    old: Node | None, tally: _Tally, *, xattrs: bool = True) -> None:
         """Add one non-directory entry of ``job``: a finished node, or a future for a
         large file. ``xattrs=False``: the entry is known to have none."""
-        if (old is not None and old.type is NodeType.FILE and stat.S_ISREG(st.st_mode)
-                and self._same_as_before(st, old)):
-            # The parent's node describes the file exactly (content and
-            # metadata): keep it as it is, so the directory's comparison with
-            # the parent tree is quick and no node is built.
-            tally.unchanged += 1
-            tally.bytes_total += st.st_size
-            job.children.append(old)
+        if old is not None and self._kept_as_before(job, st, old, tally):
             return
         node = self._node_of(job, path, name, st, xattrs=xattrs)
         if node is None:
@@ -879,8 +893,15 @@ class _Backup:
             self._add_scanned(job, listed, tally)
 
     def _listing(self, job: _DirJob) -> tuple[_Listed, list[bytes] | None] | None:
-        """What ``_list`` returns for ``job``'s directory, opened without touching its atime."""
+        """The entries of ``job``'s directory that are backed up, as (name, path,
+        lstat) in name order, and their signature rows when the native listing
+        made them; None if there are none to add (the directory is left out,
+        or could not be listed). The directory is opened without touching its
+        atime: by the native listing itself, or here for ``_list``."""
+        native = dirscan.scan
         try:
+            if native is not None and (found := native(job.path)) is not None:
+                return self._kept(job, found)
             fd = open_dir_for_backup(job.path)
         except OSError as e:
             self.warn(job.path, f"cannot list directory: {e.strerror or e}")
@@ -926,15 +947,9 @@ class _Backup:
                     old_nodes = {}
                 self._add_listed(job, listed, old_nodes, tally)
 
-    def _list(self, job: _DirJob, fd: int) -> tuple[_Listed, list[bytes] | None] | None:
-        """The entries of ``job``'s directory (open as ``fd``) that are backed up,
-        as (name, path, lstat) in name order, and their signature rows when the
-        native listing made them; None if there are none to add (the directory
-        is left out, or could not be listed)."""
-        native = dirscan.scan
+    def _list(self, job: _DirJob, fd: int) -> tuple[_Listed, None] | None:
+        """``_listing`` in Python, of the directory open as ``fd`` (no rows)."""
         try:
-            if native is not None and (found := native(fd)) is not None:
-                return self._kept(job, found)
             # Names come back as str from a descriptor (os.fsdecode): encoded
             # again, they are the bytes on disk.
             with os.scandir(fd) as it:
@@ -993,15 +1008,20 @@ class _Backup:
         """Add the listed entries of ``job``, each compared with its node in the
         parent tree (``old_nodes``), if any.
 
-        In a directory that is new to the backup, every entry gets a node:
-        which of them have no extended attributes is asked natively for all
-        at once (``dirscan.xattr_free``), and only the others are read one by
-        one (``fsmeta.read_xattrs``).
+        A file the parent's node describes exactly keeps that node; every other
+        entry gets a new one: which of them have no extended attributes is
+        asked natively for all at once (``dirscan.xattr_free``), and only the
+        others are read one by one (``fsmeta.read_xattrs``).
         """
-        bare = (dirscan.xattr_free([path for _, path, _ in listed])
-                if not old_nodes and dirscan.xattr_free is not None else None)
-        for i, (name, path, st) in enumerate(listed):
+        todo: list[tuple[bytes, bytes, os.stat_result, Node | None]] = []
+        for name, path, st in listed:
             old = old_nodes.get(name)
+            if old is None or not self._kept_as_before(job, st, old, tally):
+                todo.append((name, path, st, old))
+        # The entries that get a node (all of a new directory's) are asked in
+        # one call which have no extended attributes.
+        bare = _xattr_free([path for _, path, _, _ in todo])
+        for i, (name, path, st, old) in enumerate(todo):
             xattrs = bare is None or not bare[i]
             if stat.S_ISDIR(st.st_mode):
                 old_sub = old.subtree if old is not None and old.type is NodeType.DIR else None
@@ -1019,15 +1039,19 @@ class _Backup:
         job.reused = True
         cached_tree = self.dircache.tree
         unchanged = size = others = 0
-        for name, path, st in listed:
-            mode = st.st_mode
+        subdirs: _Listed = []
+        for entry in listed:
+            mode = entry[2].st_mode
             if stat.S_ISDIR(mode):
-                self._add_dir(job, name, path, st, cached_tree(path), tally)
+                subdirs.append(entry)
             elif stat.S_ISREG(mode):
                 unchanged += 1
-                size += st.st_size
+                size += entry[2].st_size
             else:
                 others += 1
+        bare = _xattr_free([path for _, path, _ in subdirs])
+        for i, (name, path, st) in enumerate(subdirs):
+            self._add_dir(job, name, path, st, cached_tree(path), tally, xattrs=bare is None or not bare[i])
         job.counted = (unchanged, size, others)
         tally.unchanged += unchanged
         tally.bytes_total += size

@@ -541,16 +541,33 @@ class Repository:
             self._seal_batch(blob_type, admitted[1], admitted[0])
 
     def _seal_batch(
-        self, blob_type: int, batch: list[tuple[bytes, bytes | memoryview]], dictionary: Dictionary | None
+        self, blob_type: int, blobs: list[tuple[bytes, bytes | memoryview]], dictionary: Dictionary | None
     ) -> None:
-        for i, (bid, data) in enumerate(batch):
-            try:
-                self._seal_one(blob_type, bid, data, dictionary)
-            except BaseException:
-                with self._lock:  # the rest were never stored either
-                    for later, _ in batch[i + 1 :]:
-                        self._pending.discard((blob_type, later))
-                raise
+        done = 0  # blobs stored, or forgotten by their own error handling
+        try:
+            if batch.seal is not None and len(blobs) > 1:
+                # The samples kept back while the dictionary was trained: joined,
+                # they are sealed in one native call without the GIL, rather
+                # than one by one holding it (_seal_one).
+                items, offset = [], 0
+                for bid, data in blobs:
+                    items.append((offset, len(data), blob_context(blob_type, bid), dictionary))
+                    offset += len(data)
+                envelopes = self._sealer.seal_window(
+                    _KIND_OF_TYPE[blob_type], b"".join([data for _, data in blobs]), items
+                )
+                for (bid, data), env in zip(blobs, envelopes, strict=True):
+                    done += 1
+                    self._add_sealed(blob_type, bid, env, len(data))
+            else:
+                for bid, data in blobs:
+                    done += 1
+                    self._seal_one(blob_type, bid, data, dictionary)
+        except BaseException:
+            with self._lock:  # the rest were never stored either
+                for later, _ in blobs[done:]:
+                    self._pending.discard((blob_type, later))
+            raise
 
     def save_data_window(self, data: bytes, spans: list[tuple[int, int]]) -> list[bytes]:
         """``save_blob`` of the data blob ``data[offset:offset + size]`` for each

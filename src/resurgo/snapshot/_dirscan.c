@@ -241,27 +241,53 @@ static PyObject *stat_result(const struct stat *st)
     return v;
 }
 
+/* scan(fd or path): with a path (bytes), the directory is opened as
+ * fsmeta.open_dir_for_backup does (O_DIRECTORY, O_NOFOLLOW, O_NOATIME unless
+ * that is refused with EPERM), listed and closed in the same call without the
+ * GIL: opening and closing it from Python handed the GIL over twice more per
+ * directory, and each retake waited for another thread. */
 static PyObject *scan(PyObject *module, PyObject *arg)
 {
     (void)module;
-    long fd_long = PyLong_AsLong(arg);
-    if (fd_long == -1 && PyErr_Occurred())
-        return NULL;
-    if (fd_long < 0 || fd_long > INT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "not a file descriptor");
-        return NULL;
+    int fd = -1;
+    const char *path = NULL;
+    if (PyBytes_Check(arg)) {
+        path = PyBytes_AS_STRING(arg);
+        if (strlen(path) != (size_t)PyBytes_GET_SIZE(arg)) {
+            PyErr_SetString(PyExc_ValueError, "embedded null byte");
+            return NULL;
+        }
+    } else {
+        long fd_long = PyLong_AsLong(arg);
+        if (fd_long == -1 && PyErr_Occurred())
+            return NULL;
+        if (fd_long < 0 || fd_long > INT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "not a file descriptor");
+            return NULL;
+        }
+        fd = (int)fd_long;
     }
-    int fd = (int)fd_long;
 
     entry_t *entries = NULL;
     size_t count = 0;
-    int err = 0;
-    scan_status status;
+    int err = 0, open_err = 0;
+    scan_status status = SCAN_ERRNO;
     unsigned char *rows = NULL;
     size_t rows_len = 0;
 
     Py_BEGIN_ALLOW_THREADS
-    status = list_dir(fd, &entries, &count, &err);
+    if (path != NULL) {
+        int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+        fd = open(path, flags | O_NOATIME);
+        if (fd < 0 && errno == EPERM) /* O_NOATIME needs ownership or CAP_FOWNER */
+            fd = open(path, flags);
+        if (fd < 0)
+            open_err = errno;
+    }
+    if (fd >= 0)
+        status = list_dir(fd, &entries, &count, &err);
+    if (path != NULL && fd >= 0)
+        close(fd);
     if (status == SCAN_OK) {
         for (size_t i = 0; i < count; i++)
             rows_len += ROW_FIXED + entries[i].len;
@@ -282,6 +308,10 @@ static PyObject *scan(PyObject *module, PyObject *arg)
     }
     Py_END_ALLOW_THREADS
 
+    if (open_err != 0) {
+        errno = open_err;
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, arg);
+    }
     if (status != SCAN_OK) {
         free(rows);
         free_entries(entries, count); /* NULL and 0 when the listing failed */
@@ -576,7 +606,8 @@ static PyObject *xattr_free(PyObject *module, PyObject *arg)
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_O,
-     "scan(fd) -> [(name, lstat, row)] sorted by name, or None to list in Python."},
+     "scan(fd or path) -> [(name, lstat, row)] sorted by name, or None to list in Python; "
+     "a path (bytes) is opened as fsmeta.open_dir_for_backup opens it, and closed."},
     {"subdirs", subdirs, METH_VARARGS,
      "subdirs(fd, dev) -> [name]: lstat every entry of a directory; its subdirectories on dev."},
     {"xattr_free", xattr_free, METH_O,

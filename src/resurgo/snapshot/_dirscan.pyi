@@ -1,7 +1,7 @@
 # The native listing (_dirscan.c); see resurgo/snapshot/dirscan.py.
 import os
 
-def scan(fd: int, /) -> list[tuple[bytes, os.stat_result, bytes]] | None: ...
+def scan(fd_or_path: int | bytes, /) -> list[tuple[bytes, os.stat_result, bytes]] | None: ...
 
 ReadResult = tuple[int, int, int, int, int, bool] | tuple[int, int]
 

@@ -1,7 +1,9 @@
 """Listing a directory, and reading its small files, for a backup in one native call each.
 
 ``scan(fd)`` is ``resurgo.snapshot._dirscan.scan`` (``_dirscan.c``): the
-entries of the directory open as ``fd``, sorted by name, each as
+entries of the directory open as ``fd`` (or, given a path as bytes, of that
+directory, opened as ``fsmeta.open_dir_for_backup`` opens it and closed in the
+same call), sorted by name, each as
 ``(name, lstat, row)``, where ``lstat`` is what ``os.lstat`` returns and
 ``row`` is the entry's part of its directory's signature
 (``resurgo.ops.dircache.entry_row``). The listing, the ``fstatat`` calls and
@@ -54,7 +56,7 @@ READ_OK, READ_OPEN_ERROR, READ_ERROR, READ_REPLACED, READ_FALLBACK = range(5)
 
 NATIVE_EXPECTED = sys.platform.startswith("linux")
 
-scan: Callable[[int], list[ScanEntry] | None] | None
+scan: Callable[[int | bytes], list[ScanEntry] | None] | None
 read_small: Callable[[list[tuple[bytes, int, int, int]], int],
                      tuple[bytes, list[ReadResult]]] | None
 subdirs: Callable[[int, int], list[bytes]] | None
