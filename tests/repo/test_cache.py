@@ -382,3 +382,31 @@ def test_a_pack_read_from_again_is_held_in_memory_until_dropped(tmp_path: Path, 
     # Packs that are pruned are forgotten too.
     assert rc.retain_packs(set()) == 2
     assert rc.read_pack(name, 0, 10) is None
+
+
+def test_a_writer_keeps_the_tree_packs_it_uploads_and_the_next_backup_downloads_none(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "cache"
+    inner = MemoryBackend()
+    recording = RecordingBackend(inner)
+    writer = new_repo(recording, cache_dir=cache)
+    src = make_tree(tmp_path / "src", 1)
+    backup_paths(writer, [src])
+    tree_packs = {
+        loc.pack_hex for snap in list_snapshots(writer)
+        for _, node in walk_tree(writer, snap.tree) if node.subtree is not None
+        if (loc := writer.index.lookup(BlobType.TREE, node.subtree)) is not None
+    }
+    assert tree_packs
+    for pack_hex in tree_packs:  # kept, and intact
+        copy = cache_root(cache, writer) / "packs" / pack_hex[:2] / pack_hex
+        assert blake3.blake3(copy.read_bytes()).hexdigest() == pack_hex
+    (src / "dir0" / "inner" / "new.txt").write_bytes(b"a change")
+    recording.clear()
+    backup_paths(writer, [src])  # compares with the parent's trees
+    assert recording.count("get", "data/") == 0
+    # Another process on the same cache reads the trees without downloading.
+    reader, reads = open_counting(inner, cache)
+    assert browse_everything(reader)
+    assert reads.count("get", "data/") == 0

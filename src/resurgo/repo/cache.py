@@ -18,7 +18,7 @@ content, as in the repository: a snapshot envelope is checked against its name
 on every read; of a pack, only the blob a caller wants is read (or, for a pack
 read from again, the whole file once, kept in memory), and the caller
 authenticates it (a whole pack is checked against its name when it is
-fetched, before it is stored). An entry that
+fetched, or uploaded by this writer, before it is stored). An entry that
 fails any check is deleted and fetched again from the backend. Entries are
 written to a temporary file and renamed into place, so several processes can
 share one cache; losing or deleting the whole cache directory only costs

@@ -676,6 +676,8 @@ class Repository:
                     for b in packer.blobs:
                         self._pending.discard((b.type, b.id))
                 raise
+            if self._cache is not None and blobs and all(b.type == BlobType.TREE for b in blobs):
+                self._keep_tree_pack(self._cache, pack_hex, data)
             pack_id = bytes.fromhex(pack_hex)
             write_index = False
             with self._lock:
@@ -694,6 +696,21 @@ class Repository:
                 self._idle.notify_all()
         if write_index:
             self._write_index()
+
+    def _keep_tree_pack(self, cache: RepoCache, pack_hex: str, data: memoryview | None) -> None:
+        """Keep a tree pack this writer uploaded in the local cache, as a fetched
+        one is kept: the next backup reads its trees back (as the parent's),
+        and would otherwise download them. A staged pack (only the local
+        backend stages) is read back from the repository. Checked against its
+        name like a fetched pack; any failure only costs that download later."""
+        try:
+            raw = bytes(data) if data is not None else self.backend.get(layout.pack(pack_hex))
+            verify_pack_bytes(raw, pack_hex)
+        except Exception:
+            return
+        cache.store_pack(pack_hex, raw)
+        with self._lock:
+            self._fresh_packs.add(pack_hex)
 
     def _write_index(self) -> None:
         with self._lock:
