@@ -792,7 +792,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "resurgo.snapshot._treejson",
-    "The canonical bytes of a tree, written in C (see model.encode_tree).", -1, methods,
+    "The canonical bytes of a tree, written and read in C (see model.encode_tree, decode_tree).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__treejson(void)
