@@ -4,11 +4,13 @@
   (src/resurgo/snapshot/dirscan.py).
 - resurgo.snapshot._treejson: the canonical bytes of a tree
   (src/resurgo/snapshot/model.py, encode_tree).
+- resurgo.repo._cdc: the content-defined cut points of a buffer in one call
+  (src/resurgo/repo/chunker.py).
 - resurgo.repo._seal: blob IDs and envelopes for a window of small blobs
   (src/resurgo/repo/batch.py), with libzstd, OpenSSL's libcrypto and the
   vendored BLAKE3 reference C (src/resurgo/repo/_blake3/README.md).
 
-All three are optional: where they cannot be built, the same work is done in
+All four are optional: where they cannot be built, the same work is done in
 Python, with the same result.
 """
 
@@ -30,6 +32,13 @@ setup(
             "resurgo.snapshot._treejson",
             ["src/resurgo/snapshot/_treejson.c"],
             extra_compile_args=["-O2", "-std=gnu11"],
+            optional=True,
+        ),
+        Extension(
+            "resurgo.repo._cdc",
+            ["src/resurgo/repo/_cdc.c"],
+            libraries=["m"],
+            extra_compile_args=["-O3", "-std=gnu11"],
             optional=True,
         ),
         Extension(

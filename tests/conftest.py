@@ -71,6 +71,14 @@ def native_seal():
 
 
 @pytest.fixture(scope="session")
+def native_cutter():
+    """The native FastCDC cutter (repo/_cdc.c): ``chunker.Cutter``."""
+    from resurgo.repo import batch, chunker
+
+    return _built(chunker.Cutter, batch.NATIVE_EXPECTED, "resurgo.repo._cdc")
+
+
+@pytest.fixture(scope="session")
 def native_encode():
     """The native tree encoder (snapshot/_treejson.c)."""
     from resurgo.snapshot import dirscan, model

@@ -321,3 +321,22 @@ def test_a_sealing_error_stores_nothing_and_a_later_save_stores_the_blobs(monkey
 def test_blob_context_binds_the_type_and_id() -> None:
     # The context the window's envelopes are sealed under is save_blob's.
     assert blob_context(BlobType.DATA, b"\x01" * 32) == bytes([BlobType.DATA]) + b"\x01" * 32
+
+
+@QUICK
+@given(parts=st.lists(st.binary(max_size=3000), max_size=40), big=st.booleans())
+def test_digest_is_blake3_of_the_parts_joined(native_seal, parts: list[bytes], big: bool) -> None:
+    assert batch.digest is not None
+    if big:  # past HASH_HOLDS_GIL_UPTO: hashed with the GIL released
+        parts = [*parts, random.Random(len(parts)).randbytes(batch.HASH_HOLDS_GIL_UPTO + 1)]
+    kinds = [bytes, bytearray, memoryview]
+    mixed = [kinds[i % 3](p) for i, p in enumerate(parts)]
+    assert batch.digest(mixed) == blake3.blake3(b"".join(parts)).digest()
+
+
+def test_digest_refuses_what_is_not_a_list_of_buffers(native_seal) -> None:
+    assert batch.digest is not None
+    with pytest.raises(TypeError):
+        batch.digest((b"a", b"b"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        batch.digest([b"a", "text"])  # type: ignore[list-item]

@@ -187,3 +187,79 @@ def test_every_seed_a_new_repository_can_draw_is_accepted() -> None:
         assert 0 < cfg.chunker_seed <= SEED_MASK
         assert RepoConfig.from_json(cfg.to_json()) == cfg
         assert len(list(Chunker(cfg).cut(os.urandom(30_000)))) > 1
+
+
+# --- the native cutter (repo/_cdc.c) against pyfastcdc -----------------------------
+
+
+def reference_spans(params: RepoParams, seed: int, data: bytes) -> list[tuple[int, int]]:
+    """pyfastcdc's cut points, which the format names (docs/format.md, section 5)."""
+    from pyfastcdc import FastCDC
+
+    cdc = FastCDC(avg_size=params.chunk_avg, min_size=params.chunk_min, max_size=params.chunk_max,
+                  normalized_chunking=1, seed=seed)
+    return [(c.offset, c.length) for c in cdc.cut_buf(memoryview(data))]
+
+
+@st.composite
+def chunk_params(draw: st.DrawFn) -> RepoParams:
+    """Any sizes the configuration accepts (repo/config.py)."""
+    avg = draw(st.integers(256, 4 << 20))
+    low = draw(st.integers(64, min(avg, 1 << 20)))
+    high = draw(st.integers(max(1024, avg), 16 << 20))
+    return RepoParams(chunk_min=low, chunk_avg=avg, chunk_max=high)
+
+
+@QUICK
+@given(data=sources, seed=st.integers(0, SEED_MASK), params=st.one_of(st.just(PARAMS), chunk_params()))
+def test_the_native_cutter_cuts_exactly_like_pyfastcdc(
+    native_cutter: type, data: bytes, seed: int, params: RepoParams
+) -> None:
+    native = native_cutter(seed, params.chunk_min, params.chunk_avg, params.chunk_max, 1)
+    assert native.spans(data) == reference_spans(params, seed, data)
+    assert native.spans(memoryview(data)[1:]) == reference_spans(params, seed, data[1:])
+
+
+@pytest.mark.parametrize("compressible", [False, True])
+def test_the_native_cutter_agrees_on_large_buffers_with_the_default_sizes(
+    native_cutter: type, compressible: bool
+) -> None:
+    # The default sizes (512 KiB on average): large buffers, the GIL released.
+    params = RepoParams()
+    data = data_from(11, 24 << 20, compressible=compressible)
+    seed = 0x1234_5678_9ABC_DEF
+    native = native_cutter(seed, params.chunk_min, params.chunk_avg, params.chunk_max, 1)
+    assert native.spans(data) == reference_spans(params, seed, data)
+    assert Chunker(RepoConfig(id="t", params=params, chunker_seed=seed)).spans(data) == native.spans(data)
+
+
+@QUICK
+@given(data=sources, seed=seeds)
+def test_the_chunker_without_the_native_cutter_cuts_the_same(
+    native_cutter: type, data: bytes, seed: int
+) -> None:
+    from resurgo.repo import chunker as chunker_mod
+
+    with_native = chunker(seed)
+    assert with_native._native is not None
+    saved = chunker_mod.Cutter
+    chunker_mod.Cutter = None
+    try:
+        without = chunker(seed)
+    finally:
+        chunker_mod.Cutter = saved
+    assert without._native is None
+    assert without.spans(data) == with_native.spans(data)
+    assert [bytes(c) for c in without.cut(data)] == [bytes(c) for c in with_native.cut(data)]
+
+
+def test_the_native_cutter_refuses_what_pyfastcdc_refuses(native_cutter: type) -> None:
+    for args in [(1, 63, 2048, 8192, 1), (1, 256, 255, 8192, 1), (1, 256, 2048, 1023, 1),
+                 (1, 4096, 2048, 8192, 1), (1, 256, 2048, 8192, 4), (1, 256, 2048, 8192, -1),
+                 (1 << 63, 256, 2048, 8192, 1), (1, 256, 8 << 20, 16 << 20, 1)]:
+        with pytest.raises(ValueError):
+            native_cutter(*args)
+    with pytest.raises(ValueError, match="not initialised"):
+        native_cutter.__new__(native_cutter).spans(b"x" * 10_000)
+    with pytest.raises(TypeError):
+        native_cutter(1, 256, 2048, 8192, 1).spans("text")

@@ -476,8 +476,9 @@ class _Backup:
             bufs = self._tls.stream_bufs = [None, None]
         in_buf: list[list[Future[tuple[bytes, bool]]]] = [[], []]
         futures: list[Future[tuple[bytes, bool]]] = []
+        ids: list[bytes | Future[tuple[bytes, bool]]] = []  # in file order
         save = self.repo.save_blob
-        cut = self.chunker._cdc.cut_buf
+        spans_of = self.chunker.spans
         max_size = self.chunker.max_size
         size = max(STREAM_BUFFER, max_size)
         # Direct reads (snapshot/direct.py) start the fresh bytes on an aligned
@@ -516,15 +517,23 @@ class _Backup:
                         break
                     n += got
                 data = mv[begin:n].toreadonly()
-                for c in cut(data):
-                    end = c.offset + c.length
-                    if end == n - begin and not eof and c.length < max_size:
-                        carry = data[c.offset:]  # may grow with the next bytes
-                        break
-                    f = self._savers.submit(save, BlobType.DATA, data[c.offset:end])
+                spans = spans_of(data)
+                if spans and not eof and spans[-1][1] < max_size and sum(spans[-1]) == n - begin:
+                    carry = data[spans[-1][0]:]  # may grow with the next bytes
+                    spans.pop()
+                # The buffer's cuts and blob IDs come from one native call each
+                # (the GIL released once, not once per chunk); only the chunks
+                # the repository lacks go to the savers.
+                for (offset, length), bid in zip(spans, self.repo.blob_ids(data, spans), strict=True):
+                    total += length
+                    if self.repo.has_blob(BlobType.DATA, bid):
+                        ids.append(bid)
+                        continue
+                    f = self._savers.submit(save, BlobType.DATA, data[offset : offset + length],
+                                            blob_id=bid)
                     in_buf[i].append(f)
                     futures.append(f)
-                    total += c.length
+                    ids.append(f)
                 del mv, data
                 i ^= 1
         finally:
@@ -532,7 +541,7 @@ class _Backup:
             # outlives this file or its buffers (and repository errors are
             # never lost).
             wait_for(futures)
-        return [f.result()[0] for f in futures], total
+        return [b if isinstance(b, bytes) else b.result()[0] for b in ids], total
 
     def _save_whole(self, fd: int, size: int) -> tuple[list[bytes], int]:
         """Read a small file in one read and save its chunks; (blob IDs, bytes read).
@@ -587,11 +596,11 @@ class _Backup:
                 break
             mv = memoryview(data)
             carry = b""
-            for c in self.chunker._cdc.cut_buf(mv):
-                if not eof and c.offset + self.chunker.max_size > len(data):
-                    carry = bytes(mv[c.offset :])
+            for offset, length in self.chunker.spans(mv):
+                if not eof and offset + self.chunker.max_size > len(data):
+                    carry = bytes(mv[offset:])
                     break
-                yield mv[c.offset : c.offset + c.length]
+                yield mv[offset : offset + length]
 
     def _file_job(self, path: bytes, node: Node, st: os.stat_result, status: str) -> Node | None:
         try:

@@ -53,7 +53,7 @@ from collections.abc import Iterable
 
 import blake3
 
-from resurgo.repo import Repository
+from resurgo.repo import Repository, batch
 from resurgo.snapshot.fsmeta import group_name, user_name
 
 FORMAT = 2  # 2: a directory's row has 0 in place of its atime
@@ -91,9 +91,13 @@ def signature(rows: list[bytes], owners: Iterable[tuple[int, int]]) -> bytes:
     and their (uid, gid) pairs: the names those resolve to are in a node too."""
     names = "".join(
         f"{uid}:{user_name(uid)!r}:{gid}:{group_name(gid)!r}\n" for uid, gid in sorted(owners)
-    )
+    ).encode("utf-8", "surrogateescape")
+    if batch.digest is not None:
+        # The same hash, holding the GIL (repo/batch.py): a scanner thread
+        # computes this for every directory it lists.
+        return batch.digest([*rows, names])
     h = blake3.blake3(b"".join(rows))
-    h.update(names.encode("utf-8", "surrogateescape"))
+    h.update(names)
     return h.digest()
 
 

@@ -30,7 +30,13 @@ directory's tree. The repository uses them for every blob that small
   anything wrong, which ``crypto.Sealer.open`` then opens (or names the error
   of) itself. It is called for envelopes up to ``OPEN_SMALL_UPTO`` bytes.
 
-All four are None when the extension is not built (no compiler, no libzstd
+- ``digest(parts)``: the plain BLAKE3-256 of the concatenation of ``parts``
+  (a list of bytes-like objects), equal to ``blake3.blake3``'s, holding the
+  GIL up to ``HASH_HOLDS_GIL_UPTO`` bytes: for the signature of each
+  directory a backup lists (ops/dircache.py), a few KB that blake3-py hashes
+  with the GIL released.
+
+All five are None when the extension is not built (no compiler, no libzstd
 or libcrypto headers at install time, another platform): every blob is then
 hashed and sealed in Python, with the same result. ``NATIVE_EXPECTED`` says
 whether this platform should have it (tests fail in CI when it is missing).
@@ -58,7 +64,8 @@ blob_ids: Callable[[bytes, bytes | memoryview, list[Span]], list[bytes]] | None
 seal: Callable[[bytes, int, bytes | memoryview, list[Item]], tuple[bytes, list[Span]]] | None
 CDict: Callable[[bytes, int], Any] | None
 open_small: Callable[[bytes, int, bytes | memoryview, bytes], bytes | None] | None
+digest: Callable[[list[bytes | bytearray | memoryview]], bytes] | None
 try:
-    from resurgo.repo._seal import CDict, blob_ids, open_small, seal
+    from resurgo.repo._seal import CDict, blob_ids, digest, open_small, seal
 except ImportError:
-    blob_ids = seal = CDict = open_small = None
+    blob_ids = seal = CDict = open_small = digest = None

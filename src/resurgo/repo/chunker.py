@@ -1,19 +1,34 @@
 """The chunker: content-defined cut points (FastCDC 2020) over buffers and files.
 
 A *chunk* is a slice of a file whose boundaries depend only on nearby content,
-so an insertion shifts at most the chunks around it. Cutting runs in pyfastcdc's
-Cython loop with the GIL released. The gear table is XORed with the repository's
-secret seed so that boundaries differ between repositories (docs/design.md).
+so an insertion shifts at most the chunks around it. The gear table is XORed
+with the repository's secret seed so that boundaries differ between
+repositories (docs/design.md).
+
+Cutting runs natively without the GIL: in ``resurgo.repo._cdc`` (``_cdc.c``),
+which returns every cut of a buffer from one call, or, where that extension is
+not built, in pyfastcdc's Cython loop, which hands out one chunk per call and
+so releases and retakes the GIL at each chunk. Both give the same cut points
+(tests/repo/test_chunker.py compares them).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from resurgo.repo.config import RepoConfig
 from resurgo.repo.lazynumpy import buffer
+
+Cutter: Any
+try:
+    from resurgo.repo._cdc import Cutter
+except ImportError:
+    Cutter = None
+
+# FastCDC's normalised chunking level, as the format fixes it (docs/format.md).
+NORMALIZATION: Literal[1] = 1
 
 # Read size for files: large reads amortise syscalls and Python overhead per byte.
 READ_SIZE = 16 << 20
@@ -26,6 +41,10 @@ class Chunker:
         self.max_size = p.chunk_max
         self._config = config
         self._fastcdc: Any = None
+        self._native: Any = None
+        if Cutter is not None:
+            self._native = Cutter(config.chunker_seed, p.chunk_min, p.chunk_avg, p.chunk_max,
+                                  NORMALIZATION)
 
     @property
     def _cdc(self) -> Any:
@@ -40,7 +59,7 @@ class Chunker:
                 avg_size=p.chunk_avg,
                 min_size=p.chunk_min,
                 max_size=p.chunk_max,
-                normalized_chunking=1,
+                normalized_chunking=NORMALIZATION,
                 seed=self._config.chunker_seed,
             )
         return self._fastcdc
@@ -48,11 +67,14 @@ class Chunker:
     def cut(self, buf: bytes | memoryview) -> Iterator[memoryview]:
         """Cut a whole buffer (its end is the end of the data)."""
         mv = memoryview(buf)
-        for c in self._cdc.cut_buf(mv):
-            yield mv[c.offset : c.offset + c.length]
+        for offset, length in self.spans(mv):
+            yield mv[offset : offset + length]
 
     def spans(self, buf: bytes | memoryview) -> list[tuple[int, int]]:
-        """``cut``'s chunks as (offset, length) in ``buf``."""
+        """``cut``'s chunks as (offset, length) in ``buf``: each chunk of the whole
+        buffer, the last one ending at its end."""
+        if self._native is not None:
+            return self._native.spans(buf)
         return [(c.offset, c.length) for c in self._cdc.cut_buf(memoryview(buf))]
 
     def fd_chunks(self, fd: int, *, read_size: int = READ_SIZE) -> Iterator[memoryview]:
@@ -90,8 +112,8 @@ class Chunker:
                 break
             data = view[:filled].toreadonly()
             del view
-            for c in self._cdc.cut_buf(data):
-                if not eof and c.offset + self.max_size > filled:
-                    carry = data[c.offset :]
+            for offset, length in self.spans(data):
+                if not eof and offset + self.max_size > filled:
+                    carry = data[offset:]
                     break
-                yield data[c.offset : c.offset + c.length]
+                yield data[offset : offset + length]

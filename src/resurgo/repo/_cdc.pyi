@@ -1,0 +1,6 @@
+# The native cut points (_cdc.c); see resurgo/repo/chunker.py.
+class Cutter:
+    def __init__(
+        self, seed: int, min_size: int, avg_size: int, max_size: int, normalization: int
+    ) -> None: ...
+    def spans(self, buffer: bytes | bytearray | memoryview, /) -> list[tuple[int, int]]: ...
