@@ -634,12 +634,18 @@ def test_large_blobs_are_written_before_the_next_decode_and_small_ones_in_bounde
     (src / "small" / "d0" / "copy").write_bytes((src / "small" / "d0" / "f0").read_bytes())
     snap = backup(repo, src)
     events: list[tuple[str, bytes, int]] = []
-    real_open, real_write = repo.open_blob, restore_mod._write_pieces
+    real_open, real_open_many, real_write = repo.open_blob, repo.open_blobs, restore_mod._write_pieces
 
     def open_blob(loc, env):
         if loc.type == BlobType.DATA:
             events.append(("decode", loc.id, loc.raw_length))
         return real_open(loc, env)
+
+    def open_blobs(view, start, locs):  # the small ones, natively (those it opens)
+        plains = real_open_many(view, start, locs)
+        events.extend(("decode", loc.id, loc.raw_length) for loc, plain in zip(locs, plains, strict=True)
+                      if plain is not None and loc.type == BlobType.DATA)
+        return plains
 
     def write_pieces(fd, chunk, plain):
         events.append(("write", chunk.blob_id, len(plain)))
@@ -647,6 +653,7 @@ def test_large_blobs_are_written_before_the_next_decode_and_small_ones_in_bounde
 
     batch = 2000  # a few of the small files per batch
     monkeypatch.setattr(repo, "open_blob", open_blob)
+    monkeypatch.setattr(repo, "open_blobs", open_blobs)
     monkeypatch.setattr(restore_mod, "_write_pieces", write_pieces)
     monkeypatch.setattr(restore_mod, "_SMALL_BLOB", 1024)  # the small files, not the chunks
     monkeypatch.setattr(restore_mod, "_SMALL_BATCH", batch)

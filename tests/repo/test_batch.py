@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resurgo.errors import CorruptObject
 from resurgo.ops.check import check_repository
 from resurgo.repo import BlobType, batch
 from resurgo.repo.crypto import (
@@ -23,6 +24,7 @@ from resurgo.repo.crypto import (
     OVERHEAD,
     SMALL_BLOB,
     Compression,
+    Dictionary,
     Kind,
     Sealer,
     peek_header,
@@ -34,6 +36,7 @@ from .test_crypto_dictionary import (
     DICT,
     KEY,
     SEALER,
+    _handmade,
     any_data,
     small_repo,
     source_file,
@@ -340,3 +343,102 @@ def test_digest_refuses_what_is_not_a_list_of_buffers(native_seal) -> None:
         batch.digest((b"a", b"b"))  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         batch.digest([b"a", "text"])  # type: ignore[list-item]
+
+
+# -- opening a range of blobs (a restore's small files) ------------------------------
+
+ID_KEY = bytes(range(100, 132))
+
+
+def _opening(env_list: list[tuple[bytes, Kind, bytes, bytes]]) -> tuple[bytes, list[batch.Opening]]:
+    """The envelopes laid end to end (as in a pack range), and their items."""
+    data, items = b"", []
+    for env, kind, context, plain in env_list:
+        bid = blake3.blake3(plain, key=ID_KEY).digest()
+        items.append((len(data), len(env), int(kind), context, len(plain), bid))
+        data += env
+    return data, items
+
+
+@QUICK
+@given(blobs=st.lists(st.tuples(any_data, st.sampled_from([Kind.DATA, Kind.TREE]), st.booleans(),
+                                st.booleans(), st.binary(max_size=33)), max_size=12),
+       pad=st.integers(0, 40))
+def test_open_blobs_opens_what_the_sealer_seals(native_seal, blobs, pad: int) -> None:
+    envs = []
+    for plain, kind, use_dict, compress, context in blobs:
+        env = SEALER.seal(kind, plain, context, compress=compress,
+                          dictionary=DICT if use_dict else None)
+        envs.append((env, kind, context, plain))
+    data, items = _opening(envs)
+    data = bytes(pad) + data  # a range starts anywhere in its pack
+    items = [(o + pad, *rest) for o, *rest in items]
+    got = SEALER.open_blobs(memoryview(data), items, ID_KEY, [DICT])
+    assert got == [plain for _, _, _, plain in envs]
+
+
+def test_open_blobs_leaves_anything_wrong_or_unknown_to_the_sealer(native_seal) -> None:
+    plain = source_file(random.Random(3), 80)
+    good = SEALER.seal(Kind.DATA, plain, b"ctx", dictionary=DICT)
+    assert peek_header(good)[2] == Compression.ZSTD_DICT
+    flipped = bytearray(good)
+    flipped[30] ^= 1
+    other_dict = Dictionary(b"othertag", DICT.data)
+    cases = {
+        "good": (good, Kind.DATA, b"ctx", plain),
+        "damaged": (bytes(flipped), Kind.DATA, b"ctx", plain),
+        "other context": (good, Kind.DATA, b"other", plain),
+        "other kind": (good, Kind.TREE, b"ctx", plain),
+        "unknown dictionary": (SEALER.seal(Kind.DATA, plain, b"ctx", dictionary=other_dict),
+                               Kind.DATA, b"ctx", plain),
+        "truncated": (good[:10], Kind.DATA, b"ctx", plain),
+        "dictionary in version 1": (_handmade(1, 2, DICT.tag + zstandard.ZstdCompressor(
+            dict_data=zstandard.ZstdCompressionDict(DICT.data), write_dict_id=False).compress(plain)),
+            Kind.DATA, b"", plain),
+    }
+    data, items = _opening(list(cases.values()))
+    wrong_id = list(items[0])
+    wrong_id[5] = bytes(32)
+    wrong_length = list(items[0])
+    wrong_length[4] -= 1
+    items += [tuple(wrong_id), tuple(wrong_length)]  # type: ignore[list-item]
+    got = SEALER.open_blobs(data, items, ID_KEY, [DICT])
+    assert got == [plain] + [None] * (len(items) - 1)
+    # What it left, the sealer opens or names the error of.
+    assert SEALER.open(Kind.DATA, data[items[0][0]:][:items[0][1]], b"ctx", name="x") == plain
+    with pytest.raises(CorruptObject, match="authentication failed"):
+        SEALER.open(Kind.DATA, bytes(flipped), b"ctx", name="x")
+    # Without the dictionaries it needs, none of the dictionary envelopes opens.
+    assert SEALER.open_blobs(data, items[:1], ID_KEY, []) == [None]
+
+
+def test_open_blobs_refuses_bad_arguments_with_a_clear_error(native_seal) -> None:
+    assert batch.open_blobs is not None
+    env = SEALER.seal(Kind.DATA, b"x" * 100, b"")
+    item = (0, len(env), int(Kind.DATA), b"", 100, bytes(32))
+    with pytest.raises(ValueError, match="32 bytes"):
+        batch.open_blobs(KEY[:16], ID_KEY, env, [item], [])
+    with pytest.raises(ValueError, match="outside the data"):
+        batch.open_blobs(KEY, ID_KEY, env, [(1, len(env), *item[2:])], [])
+    with pytest.raises(ValueError, match="8 bytes"):
+        batch.open_blobs(KEY, ID_KEY, env, [item], [(b"short", DICT.native_reading())])
+    with pytest.raises(TypeError):
+        batch.open_blobs(KEY, ID_KEY, env, [item], [(DICT.tag, object())])
+    with pytest.raises(ValueError, match="bad context"):
+        batch.open_blobs(KEY, ID_KEY, env, [(*item[:3], b"c" * 65, *item[4:])], [])
+
+
+def test_a_repository_opens_a_range_of_its_blobs_as_it_loads_them(native_seal) -> None:
+    repo = small_repo()
+    files = source_files(7, 200)
+    ids = [repo.save_blob(BlobType.DATA, f)[0] for f in files]
+    repo.flush()
+    locs = sorted((repo.lookup(BlobType.DATA, i) for i in ids), key=lambda loc: (loc.pack_id, loc.offset))
+    pack = locs[0].pack_id
+    mine = [loc for loc in locs if loc.pack_id == pack]
+    start = mine[0].offset
+    end = max(loc.offset + loc.length for loc in mine)
+    data = repo.read_pack_range(pack, start, end - start)
+    got = repo.open_blobs(memoryview(data), start, mine)
+    assert got == [repo.load_blob(BlobType.DATA, loc.id) for loc in mine]
+    assert repo.dictionaries.loaded()  # the writer's dictionary, sealed into most of them

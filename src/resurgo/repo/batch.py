@@ -30,13 +30,21 @@ directory's tree. The repository uses them for every blob that small
   anything wrong, which ``crypto.Sealer.open`` then opens (or names the error
   of) itself. It is called for envelopes up to ``OPEN_SMALL_UPTO`` bytes.
 
+- ``open_blobs(key, id_key, data, items, dicts)``: each item ``(offset,
+  length, kind, context, raw_length, blob_id)`` of ``data`` (the envelopes of
+  a range read from a pack) authenticated, decrypted, decompressed (with the
+  ``DDict`` of its dictionary, from ``dicts``: ``(tag, DDict)`` pairs) and
+  checked against its length and its keyed BLAKE3 ID, all without the GIL
+  beyond ``OPEN_HOLDS_GIL_UPTO`` bytes; None for each one that does not open
+  cleanly, which ``crypto.Sealer.open`` then opens or names the error of. For
+  a restore's small files.
 - ``digest(parts)``: the plain BLAKE3-256 of the concatenation of ``parts``
   (a list of bytes-like objects), equal to ``blake3.blake3``'s, holding the
   GIL up to ``HASH_HOLDS_GIL_UPTO`` bytes: for the signature of each
   directory a backup lists (ops/dircache.py), a few KB that blake3-py hashes
   with the GIL released.
 
-All five are None when the extension is not built (no compiler, no libzstd
+All of them are None when the extension is not built (no compiler, no libzstd
 or libcrypto headers at install time, another platform): every blob is then
 hashed and sealed in Python, with the same result. ``NATIVE_EXPECTED`` says
 whether this platform should have it (tests fail in CI when it is missing).
@@ -55,6 +63,7 @@ NATIVE_EXPECTED = sys.platform.startswith("linux")
 HASH_HOLDS_GIL_UPTO = 64 * 1024
 SEAL_HOLDS_GIL_UPTO = 16 * 1024
 OPEN_SMALL_UPTO = 16 * 1024
+OPEN_HOLDS_GIL_UPTO = 16 * 1024
 
 Span = tuple[int, int]
 # (offset, size, context, level, cdict or None, tag or None)
@@ -65,7 +74,13 @@ seal: Callable[[bytes, int, bytes | memoryview, list[Item]], tuple[bytes, list[S
 CDict: Callable[[bytes, int], Any] | None
 open_small: Callable[[bytes, int, bytes | memoryview, bytes], bytes | None] | None
 digest: Callable[[list[bytes | bytearray | memoryview]], bytes] | None
+DDict: Callable[[bytes], Any] | None
+# (offset, length, kind, context, raw length, blob ID)
+Opening = tuple[int, int, int, bytes, int, bytes]
+open_blobs: Callable[
+    [bytes, bytes, bytes | memoryview, list[Opening], list[tuple[bytes, Any]]], list[bytes | None]
+] | None
 try:
-    from resurgo.repo._seal import CDict, blob_ids, digest, open_small, seal
+    from resurgo.repo._seal import CDict, DDict, blob_ids, digest, open_blobs, open_small, seal
 except ImportError:
-    blob_ids = seal = CDict = open_small = digest = None
+    blob_ids = seal = CDict = open_small = digest = DDict = open_blobs = None

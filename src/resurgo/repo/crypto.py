@@ -118,6 +118,7 @@ class Dictionary:
         self._by_level: dict[int, zstandard.ZstdCompressionDict] = {}
         self._native: dict[int, object] = {}
         self._for_reading: zstandard.ZstdCompressionDict | None = None
+        self._native_reading: object = None
 
     def for_level(self, level: int) -> zstandard.ZstdCompressionDict:
         d = self._by_level.get(level)
@@ -139,6 +140,17 @@ class Dictionary:
                 d = self._native.get(level)
                 if d is None:
                     d = self._native[level] = batch.CDict(self.data, level)
+        return d
+
+    def native_reading(self) -> object:
+        """This dictionary digested for ``batch.open_blobs`` (a ``batch.DDict``)."""
+        d = self._native_reading
+        if d is None:
+            assert batch.DDict is not None
+            with self._lock:
+                d = self._native_reading
+                if d is None:
+                    d = self._native_reading = batch.DDict(self.data)
         return d
 
     def compressor(self, level: int) -> zstandard.ZstdCompressor:
@@ -404,6 +416,21 @@ class Sealer:
             return dctx.decompress(frame, max_output_size=MAX_PLAINTEXT)
         except zstandard.ZstdError as e:
             raise CorruptObject(name, f"bad compressed data: {e}")
+
+    def open_blobs(
+        self, data: bytes | memoryview, items: list[batch.Opening], id_key: bytes,
+        dictionaries: list[Dictionary],
+    ) -> list[bytes | None]:
+        """The plaintext of each item ``(offset, length, kind, context, raw length,
+        blob ID)`` of ``data`` that opens cleanly, is that long and has that keyed
+        BLAKE3 ID (``id_key``), natively in one call (``batch.open_blobs``); None
+        for every other one, and for all of them without the native stage: the
+        caller opens those with ``open``, which names what is wrong.
+        ``dictionaries``: those the envelopes may name (any other is left to ``open``)."""
+        if batch.open_blobs is None:
+            return [None] * len(items)
+        dicts = [(d.tag, d.native_reading()) for d in dictionaries]
+        return batch.open_blobs(self._key, id_key, data, items, dicts)
 
     def open_digest(
         self, kind: Kind, envelope: bytes | memoryview, context: bytes, hasher: _Hasher, *,

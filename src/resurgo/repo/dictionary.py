@@ -168,6 +168,10 @@ class DictionaryStore:
             d = self._loaded[tag] = self.load(found[0])
             return d
 
+    def loaded(self) -> list[Dictionary]:
+        """The dictionaries loaded so far (by ``resolve``, or made by this writer)."""
+        return list(self._loaded.values())
+
     def verify(self) -> dict[str, str]:
         """Every dictionary that fails to load: {name: error} (for check)."""
         problems: dict[str, str] = {}
