@@ -15,6 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from resurgo.errors import CorruptObject
 from resurgo.repo.index import (
     _LAZY_LOOKUPS,
+    _MANY_LOOKUPS,
     ENTRY_DTYPE,
     MAGIC,
     BlobLocation,
@@ -141,6 +142,17 @@ class MemoryIndexModel(RuleBasedStateMachine):
             assert loc is not None
             assert (loc.type, loc.id) == (t, bid)
             assert (loc.pack_id, loc.offset, loc.length, loc.raw_length) in self.model[(t, bid)]
+
+    @rule(t=st.sampled_from([0, 1]), bids=st.lists(pool_ids, max_size=90), lazy=st.booleans())
+    def lookup_many(self, t: int, bids: list[bytes], lazy: bool) -> None:
+        # Past _MANY_LOOKUPS a NumPy search, below it (or without NumPy) one by one.
+        asked = bids + [bid for _, bid in self.model][: 2 * _MANY_LOOKUPS]
+        if lazy:
+            self.index = MemoryIndex.load(self.index.dump())
+            self.index.MERGE_AT = 4
+        assert self.index.lookup_many(t, asked) == [self.index.lookup(t, b) for b in asked]
+        with numpy_unloaded():
+            assert self.index.lookup_many(t, asked) == [self.index.lookup(t, b) for b in asked]
 
     @invariant()
     def every_known_key_is_found(self) -> None:

@@ -74,9 +74,17 @@ from resurgo.ops.excludes import Excluder
 from resurgo.ops.gcpause import collector_paused
 from resurgo.progress import NULL, Reporter
 from resurgo.repo import BlobLocation, BlobType, Repository
+from resurgo.repo.lazynumpy import numpy
 from resurgo.snapshot import fsmeta
 from resurgo.snapshot.model import Node, NodeType, Snapshot, check_name
 from resurgo.snapshot.store import find_node, load_tree
+
+# A restore looks up every blob of what it restores, and the index builds its
+# arrays (with NumPy) for that many lookups. NumPy is loaded with this module,
+# which the CLI imports while the key is derived (cli/cmd_restore.py,
+# ``preload``), not on the main thread in the middle of the plan (0.15 s of a
+# cold restore of the benchmark dataset).
+numpy()
 
 OVERWRITE_MODES = ("never", "if-changed", "always")
 # Blobs of one pack closer than this are fetched with one ranged get (the
@@ -100,6 +108,9 @@ _SMALL_BLOB = 64 << 10
 # in the CPU caches from one blob to the next (in side-by-side restores of the
 # benchmark dataset this took less CPU than writing each one as decoded).
 _SMALL_BATCH = 1 << 20
+# The prepare phase looks up the blobs of this many entries at a time, in one
+# search of the index (Repository.lookup_many), not one lookup per file.
+_LOOKUP_AHEAD = 4096
 # The fetch threads unless told otherwise, and how many of them at most work
 # on many-blob ranges at a time (see _Jobs). A local repository: one thread
 # for the ranges of small files while large blobs remain, and one for
@@ -336,11 +347,18 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
             offset += n
 
 
-def file_chunks(repo: Repository, node: Node) -> list[_Chunk]:
-    """Where each content blob of a regular-file node goes (raises _Damaged)."""
+def file_chunks(repo: Repository, node: Node,
+                found: dict[bytes, BlobLocation | None] | None = None) -> list[_Chunk]:
+    """Where each content blob of a regular-file node goes (raises _Damaged).
+    ``found``: locations already looked up (``Repository.lookup_many``)."""
+    def lookup(bid: bytes) -> BlobLocation | None:
+        if found is not None and bid in found:
+            return found[bid]
+        return repo.lookup(BlobType.DATA, bid)
+
     if len(node.content) == 1 and not node.holes and node.size:  # most files: one blob
         bid = node.content[0]
-        loc = repo.lookup(BlobType.DATA, bid)
+        loc = lookup(bid)
         if loc is None:
             raise _Damaged(f"data blob {bid.hex()} is not in the index")
         if loc.raw_length != node.size:
@@ -354,7 +372,7 @@ def file_chunks(repo: Repository, node: Node) -> list[_Chunk]:
     chunks: list[_Chunk] = []
     ei, used = 0, 0
     for bid in node.content:
-        loc = repo.lookup(BlobType.DATA, bid)
+        loc = lookup(bid)
         if loc is None:
             raise _Damaged(f"data blob {bid.hex()} is not in the index")
         pieces: list[tuple[int, int, int]] = []
@@ -631,6 +649,7 @@ class _Restore:
         self._lock = threading.Lock()
         self._want: dict[bytes, list[tuple[_Entry, _Chunk]]] = defaultdict(list)
         self._primaries: dict[tuple[int, int], _Entry] = {}
+        self._found: dict[bytes, BlobLocation | None] = {}  # looked up ahead (prepare)
         self._links: list[_Entry] = []
         self._stop = threading.Event()
         self._files_done = 0
@@ -791,6 +810,12 @@ class _Restore:
                 s.bytes_total += node.size - sum(h[1] for h in node.holes) if node.holes else node.size
         self.progress(force=True)
         for i, e in enumerate(self.entries):
+            if i % _LOOKUP_AHEAD == 0:
+                # The blobs of the next entries' files, looked up together.
+                ahead = self.entries[i : i + _LOOKUP_AHEAD]
+                ids = list(dict.fromkeys(b for a in ahead if a.node.type is NodeType.FILE
+                                         for b in a.node.content))
+                self._found = dict(zip(ids, self.repo.lookup_many(BlobType.DATA, ids), strict=True))
             if i % 64 == 0:
                 self.check_stop()
             if e.parent is not None and e.parent.state not in ("created", "exists"):
@@ -873,7 +898,7 @@ class _Restore:
                 return False  # a further name of a hard-linked file
             self._primaries[key] = e
         try:
-            e.chunks = file_chunks(self.repo, node)
+            e.chunks = file_chunks(self.repo, node, self._found)
         except _Damaged as exc:
             self.damage(e, str(exc))
             return True
@@ -891,7 +916,7 @@ class _Restore:
             self._links.append(e)
             return
         try:
-            e.chunks = file_chunks(self.repo, e.node)
+            e.chunks = file_chunks(self.repo, e.node, self._found)
         except _Damaged as exc:
             self.damage(e, str(exc))
             return

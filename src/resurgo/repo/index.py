@@ -44,6 +44,8 @@ _ENTRY = struct.Struct("<32sIIIIB3x")  # one entry of an index object (entry_dty
 # row, ~6 us: 4,096 of them cost less than the import, and an incremental
 # backup of the benchmark's 1 % change makes ~1,100.
 _LAZY_LOOKUPS = 4096
+# ``lookup_many`` searches the arrays with NumPy from this many IDs on.
+_MANY_LOOKUPS = 64
 # ``dump`` splices up to this many added entries into a loaded index's columns
 # in Python; more are merged with NumPy.
 _LAZY_MERGE = 4096
@@ -371,13 +373,50 @@ class MemoryIndex:
             r = self._recent.get((blob_type, blob_id))
             if r is not None:
                 return BlobLocation(blob_type, blob_id, self._packs[r[0]], r[1], r[2], r[3])
-            row = self._row(blob_type, blob_id)
-            if row < 0:
-                return None
-            return BlobLocation(
-                blob_type, blob_id, self._packs[self._pack_mv[row]],
-                self._off_mv[row], self._len_mv[row], self._raw_mv[row],
-            )
+            return self._at_row(blob_type, blob_id, self._row(blob_type, blob_id))
+
+    def lookup_many(self, blob_type: int, blob_ids: list[bytes]) -> list[BlobLocation | None]:
+        """``lookup`` of each of ``blob_ids``, in one NumPy search of the sorted
+        arrays when NumPy is loaded and they are many: a restore looks up the
+        blob of every file it writes (20,000 lookups: ~6 us each one by one)."""
+        if len(blob_ids) < _MANY_LOOKUPS or not _np_loaded() or any(len(b) != 32 for b in blob_ids):
+            return [self.lookup(blob_type, b) for b in blob_ids]
+        np = _np()
+        with self._lock:
+            self._materialize()
+            out: list[BlobLocation | None] = [None] * len(blob_ids)
+            n = self._n
+            if n:
+                query = np.frombuffer(b"".join(blob_ids), dtype="S32")
+                rows = np.searchsorted(self._ids, query)
+                at = np.minimum(rows, n - 1)
+                found = (rows < n) & (self._ids[at] == query)
+                typed = found & (self._type[at] == blob_type)
+                packs = self._packs
+                hits = np.flatnonzero(typed)
+                where = at[hits]
+                for i, pack, off, length, raw in zip(
+                    hits.tolist(), self._pack[where].tolist(), self._off[where].tolist(),
+                    self._len[where].tolist(), self._raw[where].tolist(), strict=True,
+                ):
+                    out[i] = BlobLocation(blob_type, blob_ids[i], packs[pack], off, length, raw)
+                # The same ID stored as another type first: its row is further on.
+                for i in np.flatnonzero(found & ~typed).tolist():
+                    out[i] = self._at_row(blob_type, blob_ids[i], self._row(blob_type, blob_ids[i]))
+            for i, bid in enumerate(blob_ids):
+                r = self._recent.get((blob_type, bid))
+                if r is not None:
+                    out[i] = BlobLocation(blob_type, bid, self._packs[r[0]], r[1], r[2], r[3])
+            return out
+
+    def _at_row(self, blob_type: int, blob_id: bytes, row: int) -> BlobLocation | None:
+        """The location in row ``row`` of the sorted arrays (None for -1). Caller holds the lock."""
+        if row < 0:
+            return None
+        return BlobLocation(
+            blob_type, blob_id, self._packs[self._pack_mv[row]],
+            self._off_mv[row], self._len_mv[row], self._raw_mv[row],
+        )
 
     def has(self, blob_type: int, blob_id: bytes) -> bool:
         # No BlobLocation is built: a backup asks this once per chunk of every

@@ -511,6 +511,10 @@ class Repository:
     def lookup(self, blob_type: int, blob_id: bytes) -> BlobLocation | None:
         return self.index.lookup(blob_type, blob_id)
 
+    def lookup_many(self, blob_type: int, blob_ids: list[bytes]) -> list[BlobLocation | None]:
+        """``lookup`` of each of ``blob_ids`` (in one search of the index's arrays)."""
+        return self.index.lookup_many(blob_type, blob_ids)
+
     def has_blob(self, blob_type: int, blob_id: bytes) -> bool:
         return self.index.has(blob_type, blob_id)
 
