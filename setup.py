@@ -4,13 +4,15 @@
   (src/resurgo/snapshot/dirscan.py).
 - resurgo.snapshot._treejson: the canonical bytes of a tree
   (src/resurgo/snapshot/model.py, encode_tree).
+- resurgo.snapshot._newfiles: a restore's small new files made in one call
+  (src/resurgo/snapshot/newfiles.py).
 - resurgo.repo._cdc: the content-defined cut points of a buffer in one call
   (src/resurgo/repo/chunker.py).
 - resurgo.repo._seal: blob IDs and envelopes for a window of small blobs
   (src/resurgo/repo/batch.py), with libzstd, OpenSSL's libcrypto and the
   vendored BLAKE3 reference C (src/resurgo/repo/_blake3/README.md).
 
-All four are optional: where they cannot be built, the same work is done in
+All five are optional: where they cannot be built, the same work is done in
 Python, with the same result.
 """
 
@@ -31,6 +33,12 @@ setup(
         Extension(
             "resurgo.snapshot._treejson",
             ["src/resurgo/snapshot/_treejson.c"],
+            extra_compile_args=["-O2", "-std=gnu11"],
+            optional=True,
+        ),
+        Extension(
+            "resurgo.snapshot._newfiles",
+            ["src/resurgo/snapshot/_newfiles.c"],
             extra_compile_args=["-O2", "-std=gnu11"],
             optional=True,
         ),

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the test suite uses (real servers and OS tools). One list, one place.
 DEBIAN_PACKAGES=(
   python3-venv      # .venv
-  gcc               # builds the native stages (src/resurgo/snapshot/_dirscan.c, _treejson.c, src/resurgo/repo/_seal.c, _cdc.c)
+  gcc               # builds the native stages (src/resurgo/snapshot/_dirscan.c, _treejson.c, _newfiles.c, src/resurgo/repo/_seal.c, _cdc.c)
   python3-dev       # Python.h for them
   libzstd-dev       # zstd for _seal.c
   libssl-dev        # OpenSSL's AES-GCM for _seal.c
@@ -77,8 +77,9 @@ native=(src/resurgo/snapshot/_dirscan.*.so)
 sealing=(src/resurgo/repo/_seal.*.so)
 trees=(src/resurgo/snapshot/_treejson.*.so)
 cuts=(src/resurgo/repo/_cdc.*.so)
+made=(src/resurgo/snapshot/_newfiles.*.so)
 if [ ! -x "$VENV/bin/resurgo" ] || [ ! -e "${native[0]}" ] || [ ! -e "${sealing[0]}" ] \
-  || [ ! -e "${trees[0]}" ] || [ ! -e "${cuts[0]}" ] \
+  || [ ! -e "${trees[0]}" ] || [ ! -e "${cuts[0]}" ] || [ ! -e "${made[0]}" ] \
   || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   say "installing Python packages into $VENV"
   quietly "$VENV/bin/python" -m pip install --upgrade pip

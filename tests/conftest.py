@@ -71,6 +71,14 @@ def native_seal():
 
 
 @pytest.fixture(scope="session")
+def native_newfiles():
+    """The native maker of a restore's small new files (snapshot/_newfiles.c)."""
+    from resurgo.snapshot import newfiles
+
+    return _built(newfiles.create, newfiles.NATIVE_EXPECTED, "resurgo.snapshot._newfiles")
+
+
+@pytest.fixture(scope="session")
 def native_cutter():
     """The native FastCDC cutter (repo/_cdc.c): ``chunker.Cutter``."""
     from resurgo.repo import batch, chunker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -28,6 +29,7 @@ from resurgo.ops.restore import (
 )
 from resurgo.progress import RecordingReporter
 from resurgo.repo import BlobType, KDFParams, RepoParams, Repository
+from resurgo.snapshot import newfiles
 from resurgo.snapshot.model import Node, NodeType, Snapshot
 from resurgo.snapshot.store import find_snapshot, save_snapshot, walk_tree
 from resurgo.testing.environment import as_root
@@ -652,6 +654,13 @@ def test_large_blobs_are_written_before_the_next_decode_and_small_ones_in_bounde
         real_write(fd, chunk, plain)
 
     batch = 2000  # a few of the small files per batch
+    real_many = restore_mod._Restore._write_new_many
+
+    def write_new_many(self, fresh):  # small fresh files, natively: recorded as they are handed over
+        events.extend(("write", chunk.blob_id, len(plain)) for _, chunk, plain in fresh)
+        return real_many(self, fresh)
+
+    monkeypatch.setattr(restore_mod._Restore, "_write_new_many", write_new_many)
     monkeypatch.setattr(repo, "open_blob", open_blob)
     monkeypatch.setattr(repo, "open_blobs", open_blobs)
     monkeypatch.setattr(restore_mod, "_write_pieces", write_pieces)
@@ -766,6 +775,9 @@ def test_files_are_written_under_temp_names_where_anonymous_files_are_not_suppor
     snap = backup(repo, src)
     # O_TMPFILE needs write access: a read-only one fails like a file system without it.
     monkeypatch.setattr(restore_mod, "_ANONYMOUS", os.O_TMPFILE | os.O_RDONLY)
+    # ... and the native maker says so for its whole batch (snapshot/_newfiles.c).
+    monkeypatch.setattr(restore_mod.newfiles, "create",
+                        lambda files: [(newfiles.NO_TMPFILE, errno.EOPNOTSUPP)] * len(files))
     renames = []
     real_rename = os.rename
     monkeypatch.setattr(restore_mod.os, "rename", lambda *a, **k: (renames.append(a[0]),
@@ -775,6 +787,57 @@ def test_files_are_written_under_temp_names_where_anonymous_files_are_not_suppor
     assert files_under(dst) == data  # and no temp files left
     assert s.files_restored == 20 and s.files_verified == 20
     assert len(renames) == 20 and all(n.startswith(restore_mod.TMP_PREFIX) for n in renames)
+
+
+def _metadata_of(root: Path) -> dict[str, tuple[int, int, int, int, int, int]]:
+    out = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            st = os.lstat(os.path.join(dirpath, n))
+            out[os.path.relpath(os.path.join(dirpath, n), root)] = (
+                st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_atime_ns, st.st_mtime_ns)
+    return out
+
+
+def test_small_files_made_natively_equal_those_made_in_python(tmp_path, monkeypatch, native_newfiles):
+    repo = new_repo()
+    src = tmp_path / "src"
+    data = make_small_files(src, 40, size=100)  # one blob each
+    os.chmod(src / "d0" / "f0", 0o4755)  # special bits: made in Python either way
+    os.utime(src / "d1" / "f1", ns=(-5, 3))
+    snap = backup(repo, src)
+    made: list[int] = []
+    real = restore_mod.newfiles.create
+    monkeypatch.setattr(restore_mod.newfiles, "create", lambda files: made.append(len(files)) or real(files))
+    native = restore_snapshot(repo, snap, tmp_path / "native", subpath=sub(src), verify=True)
+    assert sum(made) == 39  # all but the set-user-ID one natively
+    monkeypatch.setattr(restore_mod.newfiles, "create", None)
+    python = restore_snapshot(repo, snap, tmp_path / "python", subpath=sub(src), verify=True)
+    assert files_under(tmp_path / "native") == files_under(tmp_path / "python") == data
+    assert _metadata_of(tmp_path / "native") == _metadata_of(tmp_path / "python")
+    assert native.as_dict() | {"duration": 0} == python.as_dict() | {"duration": 0}
+
+
+def test_files_the_native_maker_cannot_make_are_made_in_python_and_its_warnings_kept(
+        tmp_path, monkeypatch, native_newfiles):
+    repo = new_repo()
+    src = tmp_path / "src"
+    data = make_small_files(src, 12, size=100)
+    snap = backup(repo, src)
+    real = restore_mod.newfiles.create
+
+    def flaky(files):  # the first file of each batch fails, the second loses its times
+        got = [(newfiles.FAILED, errno.EIO), *real(files[1:])]
+        if len(got) > 1 and got[1][0] == newfiles.MADE:
+            got[1] = (newfiles.MADE_NO_TIMES, errno.EPERM)
+        return got
+
+    monkeypatch.setattr(restore_mod.newfiles, "create", flaky)
+    s = restore_snapshot(repo, snap, tmp_path / "dst", subpath=sub(src), verify=True)
+    assert files_under(tmp_path / "dst") == data
+    assert s.files_restored == 12 and s.files_verified == 12
+    assert s.warnings and all(w["error"] == f"cannot set times: {os.strerror(errno.EPERM)}"
+                              for w in s.warnings)
 
 
 def test_many_blob_ranges_run_on_one_thread_at_a_time_while_large_ones_remain():
