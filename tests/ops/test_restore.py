@@ -809,12 +809,13 @@ def test_small_files_made_natively_equal_those_made_in_python(tmp_path, monkeypa
     made: list[int] = []
     real = restore_mod.newfiles.create
     monkeypatch.setattr(restore_mod.newfiles, "create", lambda files: made.append(len(files)) or real(files))
-    native = restore_snapshot(repo, snap, tmp_path / "native", subpath=sub(src), verify=True)
+    # Not verified: reading the files back would move their atimes.
+    native = restore_snapshot(repo, snap, tmp_path / "native", subpath=sub(src))
     assert sum(made) == 39  # all but the set-user-ID one natively
     monkeypatch.setattr(restore_mod.newfiles, "create", None)
-    python = restore_snapshot(repo, snap, tmp_path / "python", subpath=sub(src), verify=True)
-    assert files_under(tmp_path / "native") == files_under(tmp_path / "python") == data
+    python = restore_snapshot(repo, snap, tmp_path / "python", subpath=sub(src))
     assert _metadata_of(tmp_path / "native") == _metadata_of(tmp_path / "python")
+    assert files_under(tmp_path / "native") == files_under(tmp_path / "python") == data
     assert native.as_dict() | {"duration": 0} == python.as_dict() | {"duration": 0}
 
 
