@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from resurgo.errors import CorruptObject
 from resurgo.ops.check import check_repository
-from resurgo.repo import BlobType, batch
+from resurgo.repo import BlobType, Repository, batch
 from resurgo.repo.crypto import (
     DICT_TAG_LEN,
     FORMAT_VERSION,
@@ -31,7 +31,7 @@ from resurgo.repo.crypto import (
 )
 from resurgo.repo.repository import blob_context
 
-from .helpers import QUICK, new_repo
+from .helpers import PASSWORD, QUICK, new_repo
 from .test_crypto_dictionary import (
     DICT,
     KEY,
@@ -375,6 +375,7 @@ def test_open_blobs_opens_what_the_sealer_seals(native_seal, blobs, pad: int) ->
     items = [(o + pad, *rest) for o, *rest in items]
     got = SEALER.open_blobs(memoryview(data), items, ID_KEY, [DICT])
     assert got == [plain for _, _, _, plain in envs]
+    assert SEALER.check_blobs(memoryview(data), items, ID_KEY, [DICT]) == b"\x01" * len(items)
 
 
 def test_open_blobs_leaves_anything_wrong_or_unknown_to_the_sealer(native_seal) -> None:
@@ -404,6 +405,7 @@ def test_open_blobs_leaves_anything_wrong_or_unknown_to_the_sealer(native_seal) 
     items += [tuple(wrong_id), tuple(wrong_length)]  # type: ignore[list-item]
     got = SEALER.open_blobs(data, items, ID_KEY, [DICT])
     assert got == [plain] + [None] * (len(items) - 1)
+    assert SEALER.check_blobs(data, items, ID_KEY, [DICT]) == b"\x01" + bytes(len(items) - 1)
     # What it left, the sealer opens or names the error of.
     assert SEALER.open(Kind.DATA, data[items[0][0]:][:items[0][1]], b"ctx", name="x") == plain
     with pytest.raises(CorruptObject, match="authentication failed"):
@@ -442,3 +444,7 @@ def test_a_repository_opens_a_range_of_its_blobs_as_it_loads_them(native_seal) -
     got = repo.open_blobs(memoryview(data), start, mine)
     assert got == [repo.load_blob(BlobType.DATA, loc.id) for loc in mine]
     assert repo.dictionaries.loaded()  # the writer's dictionary, sealed into most of them
+    # Another process, which has loaded no dictionary yet, loads them first.
+    other = Repository.open(repo.backend, PASSWORD)
+    assert not other.dictionaries.loaded()
+    assert other.open_blobs(memoryview(data), start, mine) == got

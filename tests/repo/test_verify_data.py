@@ -431,3 +431,42 @@ def test_open_digest_hashes_large_plaintexts_piece_by_piece_whatever_their_size(
     for wrong in (size - 1, size + 1):
         h = _Hasher()
         assert sealer.open_digest(Kind.DATA, env, b"", h, expect=wrong, name="x") != wrong
+
+
+@pytest.mark.parametrize(("tail", "range_"), SIZES)
+def test_blobs_a_range_holds_whole_are_checked_natively_with_the_same_report(
+    store: FaultyBackend, monkeypatch: pytest.MonkeyPatch, native_seal, tail: int, range_: int
+) -> None:
+    sized(monkeypatch, tail, range_)
+    backend, repo = fresh(store)
+    trailers = check_structure(repo, CheckReport())
+    key = layout.pack(sorted(trailers)[0])
+    victim = trailers[sorted(trailers)[0]][1]
+    flip(backend, key, victim.offset + victim.length // 2)
+
+    def run(native: bool) -> tuple[CheckReport, int]:
+        repo = Repository.open(backend, PASSWORD)
+        in_python = []
+        real = repo.verify_blob_envelope
+        monkeypatch.setattr(repo, "verify_blob_envelope",
+                            lambda blob, *a: (in_python.append(blob), real(blob, *a))[1])
+        if not native:
+            monkeypatch.setattr(repo, "check_blobs", lambda *a: None)
+        report = CheckReport()
+        read_data(repo, report)
+        return report, len(in_python)
+
+    native, in_python = run(True)
+    python, all_in_python = run(False)
+    assert [(p.kind, p.object, p.message) for p in native.problems] == [
+        (p.kind, p.object, p.message) for p in python.problems]
+    assert native.blobs_read == python.blobs_read == sum(len(t) for t in trailers.values()) - 1
+    assert all_in_python == python.blobs_read + 1
+    # Natively, Python sees only the damaged blob and those that end in the tail.
+    sizes = verify.list_packs(repo)
+
+    def ends_in_tail(pack_hex: str, b: PackedBlob) -> bool:
+        return b.offset + b.length > sizes[pack_hex].size - min(sizes[pack_hex].size, tail)
+
+    in_tail = sum(ends_in_tail(p, b) for p, blobs in trailers.items() for b in blobs)
+    assert in_python == in_tail + (not ends_in_tail(sorted(trailers)[0], victim))

@@ -12,7 +12,8 @@
  * The same file opens small envelopes (open_small): a backup reads back the
  * parent tree of every directory that changed, and crypto.py's three calls
  * per envelope each handed the GIL over. And it opens the blobs of a range a
- * restore read (open_blobs), checking each against its length and ID.
+ * restore read (open_blobs), checking each against its length and ID, or
+ * only checks them (check_blobs, for check --read-data).
  *
  * Nothing here decides anything: Python chooses each blob's compression
  * level and dictionary (crypto.Sealer.plan), and which blobs are new. What
@@ -676,7 +677,7 @@ typedef struct {
     Py_ssize_t context_len;
     Py_ssize_t raw;
     const uint8_t *id;
-    PyObject *out; /* a bytes object of raw bytes to fill, or NULL: left to Python */
+    PyObject *out; /* the bytes to fill (None in check_blobs), or NULL: left to Python */
     int ok;
 } Opening;
 
@@ -685,9 +686,9 @@ typedef struct {
     const ZSTD_DDict *ddict;
 } Tagged;
 
-/* Open items[i] into its ``out``; sets ``ok``. No GIL. */
+/* Open item ``it`` into ``dst`` (room for its raw length); sets ``ok``. No GIL. */
 static void open_one(Contexts *c, const uint8_t *key, const uint8_t *id_key, const uint8_t *data,
-                     Opening *it, const Tagged *dicts, Py_ssize_t ndicts, uint8_t *body) {
+                     Opening *it, const Tagged *dicts, Py_ssize_t ndicts, uint8_t *body, uint8_t *dst) {
     const uint8_t *e = data + it->offset;
     size_t n = (size_t)it->length;
     if (n < HEADER_LEN + NONCE_LEN + TAG_LEN || n - HEADER_LEN - NONCE_LEN - TAG_LEN > INT_MAX ||
@@ -701,7 +702,6 @@ static void open_one(Contexts *c, const uint8_t *key, const uint8_t *id_key, con
         return;
     size_t body_len = n - HEADER_LEN - NONCE_LEN - TAG_LEN;
     size_t raw = (size_t)it->raw;
-    uint8_t *dst = (uint8_t *)PyBytes_AS_STRING(it->out);
     if (comp == COMP_NONE) {
         if (body_len != raw)
             return;
@@ -738,7 +738,9 @@ static void open_one(Contexts *c, const uint8_t *key, const uint8_t *id_key, con
     it->ok = memcmp(digest_out, it->id, ID_LEN) == 0;
 }
 
-static PyObject *open_blobs(PyObject *module, PyObject *args) {
+/* open_blobs (keep: the plaintexts) and check_blobs (not kept: decompressed
+ * into one scratch buffer and hashed, for check --read-data). */
+static PyObject *open_or_check(PyObject *args, int keep) {
     Py_buffer key, id_key, data;
     PyObject *list, *dict_list;
     if (!PyArg_ParseTuple(args, "y*y*y*O!O!", &key, &id_key, &data, &PyList_Type, &list,
@@ -747,7 +749,8 @@ static PyObject *open_blobs(PyObject *module, PyObject *args) {
     PyObject *result = NULL, *items_ref = NULL, *dicts_ref = NULL;
     Opening *items = NULL;
     Tagged *dicts = NULL;
-    uint8_t *body = NULL;
+    uint8_t *body = NULL, *scratch = NULL;
+    size_t most_raw = 0;
     Py_ssize_t n = 0, ndicts = 0;
     if (key.len != 32 || id_key.len != BLAKE3_KEY_LEN) {
         PyErr_SetString(PyExc_ValueError, "both keys are 32 bytes");
@@ -800,15 +803,22 @@ static PyObject *open_blobs(PyObject *module, PyObject *args) {
         it->id = (const uint8_t *)id;
         if (it->raw > OPEN_BLOBS_MAX_PLAIN)
             continue; /* left to Python */
-        it->out = PyBytes_FromStringAndSize(NULL, it->raw);
-        if (it->out == NULL)
-            goto done;
+        if (keep) {
+            it->out = PyBytes_FromStringAndSize(NULL, it->raw);
+            if (it->out == NULL)
+                goto done;
+        } else {
+            it->out = Py_NewRef(Py_None); /* marks the item as taken */
+            if ((size_t)it->raw > most_raw)
+                most_raw = (size_t)it->raw;
+        }
         work += (size_t)it->length;
         if ((size_t)it->length > most)
             most = (size_t)it->length;
     }
     body = PyMem_RawMalloc(most ? most : 1);
-    if (body == NULL) {
+    scratch = keep ? NULL : PyMem_RawMalloc(most_raw ? most_raw : 1);
+    if (body == NULL || (!keep && scratch == NULL)) {
         PyErr_NoMemory();
         goto done;
     }
@@ -820,8 +830,15 @@ static PyObject *open_blobs(PyObject *module, PyObject *args) {
     PyThreadState *saved = release_above(work, OPEN_HOLDS_GIL_UPTO);
     for (Py_ssize_t i = 0; i < n; i++)
         if (items[i].out != NULL)
-            open_one(c, key.buf, id_key.buf, data.buf, &items[i], dicts, ndicts, body);
+            open_one(c, key.buf, id_key.buf, data.buf, &items[i], dicts, ndicts, body,
+                     keep ? (uint8_t *)PyBytes_AS_STRING(items[i].out) : scratch);
     retake(saved);
+    if (!keep) {
+        result = PyBytes_FromStringAndSize(NULL, n);
+        for (Py_ssize_t i = 0; result != NULL && i < n; i++)
+            PyBytes_AS_STRING(result)[i] = (char)items[i].ok;
+        goto done;
+    }
     result = PyList_New(n);
     for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
         if (items[i].ok) {
@@ -835,6 +852,7 @@ done:
     for (Py_ssize_t i = 0; items != NULL && i < n; i++)
         Py_XDECREF(items[i].out);
     PyMem_RawFree(body);
+    PyMem_RawFree(scratch);
     PyMem_Free(items);
     PyMem_Free(dicts);
     Py_XDECREF(items_ref);
@@ -844,6 +862,10 @@ done:
     PyBuffer_Release(&data);
     return result;
 }
+
+static PyObject *open_blobs(PyObject *module, PyObject *args) { return open_or_check(args, 1); }
+
+static PyObject *check_blobs(PyObject *module, PyObject *args) { return open_or_check(args, 0); }
 
 static PyMethodDef methods[] = {
     {"blob_ids", blob_ids, METH_VARARGS,
@@ -862,6 +884,9 @@ static PyMethodDef methods[] = {
                "length, kind, context, raw_length, blob_id) of data opened and checked against "
                "its length and ID, dicts a list of (tag, DDict); None for any that does not "
                "open cleanly. Without the GIL (unless there is little to open).")},
+    {"check_blobs", check_blobs, METH_VARARGS,
+     PyDoc_STR("check_blobs(key, id_key, data, items, dicts) -> bytes: open_blobs without keeping "
+               "the plaintexts; one byte per item, 1 when it opens cleanly with its length and ID.")},
     {"open_small", open_small, METH_VARARGS,
      PyDoc_STR("open_small(key, kind, envelope, context) -> bytes or None: the plaintext of a small "
                "envelope without a dictionary, holding the GIL; None for anything else or wrong.")},

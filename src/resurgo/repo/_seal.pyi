@@ -18,3 +18,7 @@ def open_blobs(
     key: _Buf, id_key: _Buf, data: _Buf,
     items: list[tuple[int, int, int, bytes, int, bytes]], dicts: list[tuple[bytes, DDict]], /,
 ) -> list[bytes | None]: ...
+def check_blobs(
+    key: _Buf, id_key: _Buf, data: _Buf,
+    items: list[tuple[int, int, int, bytes, int, bytes]], dicts: list[tuple[bytes, DDict]], /,
+) -> bytes: ...

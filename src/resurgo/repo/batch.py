@@ -38,6 +38,10 @@ directory's tree. The repository uses them for every blob that small
   beyond ``OPEN_HOLDS_GIL_UPTO`` bytes; None for each one that does not open
   cleanly, which ``crypto.Sealer.open`` then opens or names the error of. For
   a restore's small files.
+- ``check_blobs(key, id_key, data, items, dicts)``: ``open_blobs`` without
+  keeping the plaintexts (each is decompressed into one scratch buffer and
+  hashed); one byte per item, 1 when it opens cleanly with its length and
+  ID. For check --read-data.
 - ``digest(parts)``: the plain BLAKE3-256 of the concatenation of ``parts``
   (a list of bytes-like objects), equal to ``blake3.blake3``'s, holding the
   GIL up to ``HASH_HOLDS_GIL_UPTO`` bytes: for the signature of each
@@ -80,7 +84,19 @@ Opening = tuple[int, int, int, bytes, int, bytes]
 open_blobs: Callable[
     [bytes, bytes, bytes | memoryview, list[Opening], list[tuple[bytes, Any]]], list[bytes | None]
 ] | None
+check_blobs: Callable[
+    [bytes, bytes, bytes | memoryview, list[Opening], list[tuple[bytes, Any]]], bytes
+] | None
 try:
-    from resurgo.repo._seal import CDict, DDict, blob_ids, digest, open_blobs, open_small, seal
+    from resurgo.repo._seal import (
+        CDict,
+        DDict,
+        blob_ids,
+        check_blobs,
+        digest,
+        open_blobs,
+        open_small,
+        seal,
+    )
 except ImportError:
-    blob_ids = seal = CDict = open_small = digest = DDict = open_blobs = None
+    blob_ids = seal = CDict = open_small = digest = DDict = open_blobs = check_blobs = None

@@ -115,6 +115,7 @@ class DictionaryStore:
         self._loaded: dict[bytes, Dictionary] = {}
         self._load_lock = threading.Lock()
         self._names: list[str] | None = None
+        self._all_tried = False
         # Writer state.
         self._cond = threading.Condition()
         self._state = _UNKNOWN
@@ -171,6 +172,24 @@ class DictionaryStore:
     def loaded(self) -> list[Dictionary]:
         """The dictionaries loaded so far (by ``resolve``, or made by this writer)."""
         return list(self._loaded.values())
+
+    def for_reading(self) -> list[Dictionary]:
+        """Every dictionary of the repository that loads, for a reader about to open
+        many blobs (restore, check --read-data): listed and loaded on the first
+        call. One that fails to load is left out; opening a blob that names it
+        then reports why (``resolve``)."""
+        if not self._all_tried:
+            try:
+                names = self.names()
+            except BackendError:
+                names = []  # opening a blob that needs one reports the error
+            for name in names:
+                try:
+                    self.resolve(bytes.fromhex(name[: 2 * DICT_TAG_LEN]))
+                except (CorruptObject, UnsupportedVersion, ValueError):
+                    continue
+            self._all_tried = True
+        return self.loaded()
 
     def verify(self) -> dict[str, str]:
         """Every dictionary that fails to load: {name: error} (for check)."""

@@ -818,7 +818,18 @@ class Repository:
         the caller opens with ``open_blob`` to learn what is wrong."""
         items: list[batch.Opening] = [(loc.offset - start, loc.length, _KIND_OF_TYPE[loc.type],
                   blob_context(loc.type, loc.id), loc.raw_length, loc.id) for loc in locs]
-        return self._sealer.open_blobs(data, items, self._master.id_mac, self.dictionaries.loaded())
+        return self._sealer.open_blobs(data, items, self._master.id_mac, self.dictionaries.for_reading())
+
+    def check_blobs(self, data: bytes | memoryview, start: int, blobs: list[PackedBlob]) -> bytes | None:
+        """For each blob of a pack's trailer (``blobs``) held whole in ``data``
+        (the pack from offset ``start``): 1 when it opens cleanly, has its
+        trailer length and matches its ID, 0 otherwise (``verify_blob_envelope``
+        then says what is wrong), in one native call without keeping any
+        plaintext; None without the native stage."""
+        items: list[batch.Opening] = [
+            (b.offset - start, b.length, _KIND_OF_TYPE.get(b.type, -1), blob_context(b.type, b.id),
+             b.raw_length, b.id) for b in blobs]
+        return self._sealer.check_blobs(data, items, self._master.id_mac, self.dictionaries.for_reading())
 
     def load_blob(self, blob_type: int, blob_id: bytes, *, keep: bool = True) -> bytes:
         """A blob's plaintext.
