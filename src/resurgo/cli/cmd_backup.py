@@ -87,10 +87,11 @@ def run(args: argparse.Namespace, ctx: Context) -> int:
     # directories listed meanwhile (docs/design.md, "Start-up").
     warm: list[Callable[[threading.Event], object]] = []
     if not stream:
-        from resurgo.snapshot.warm import warm_tree
+        from resurgo.snapshot.warm import last_backup_ns, warm_tree
 
         targets = [os.fsencode(os.path.abspath(p)) for p in args.paths]
-        warm.append(partial(warm_tree, targets))
+        # The files changed since the last backup are read ahead too (a hint).
+        warm.append(partial(warm_tree, targets, changed_since_ns=last_backup_ns(ctx.cache_dir)))
     repo = ctx.open_repo(write=True, warm=warm)
     from resurgo.ops.backup import BackupOptions, backup_paths, backup_stream
 

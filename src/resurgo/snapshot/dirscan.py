@@ -28,9 +28,12 @@ errno)``: ``READ_OPEN_ERROR`` and ``READ_ERROR`` with the error,
 for a file to read in Python (sparse, larger than ``limit``, grown since it
 was listed, shrunk or grown since its ``fstat``, or a time beyond 64 bits).
 
-``subdirs(fd, dev)`` lists the directory open as ``fd`` and ``lstat``s every
-entry without the GIL, building nothing per entry: it returns the names of the
-subdirectories on device ``dev`` (for ``warm.warm_tree``).
+``subdirs(fd, dev[, since_ns, max_bytes])`` lists the directory open as ``fd``
+and ``lstat``s every entry without the GIL, building nothing per entry: it
+returns the names of the subdirectories on device ``dev`` (for
+``warm.warm_tree``). Given ``since_ns``, it also asks the kernel to read ahead
+(``POSIX_FADV_WILLNEED``) each regular file changed since then (its ctime) of
+1 to ``max_bytes`` bytes.
 
 ``xattr_free(paths)`` asks ``llistxattr`` about each path without the GIL:
 one byte per path, 1 when it has no extended attributes, 0 when it has some
@@ -59,7 +62,7 @@ NATIVE_EXPECTED = sys.platform.startswith("linux")
 scan: Callable[[int | bytes], list[ScanEntry] | None] | None
 read_small: Callable[[list[tuple[bytes, int, int, int]], int],
                      tuple[bytes, list[ReadResult]]] | None
-subdirs: Callable[[int, int], list[bytes]] | None
+subdirs: Callable[..., list[bytes]] | None
 xattr_free: Callable[[list[bytes]], bytes] | None
 try:
     from resurgo.snapshot._dirscan import read_small, scan, subdirs, xattr_free
