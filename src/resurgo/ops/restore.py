@@ -1206,11 +1206,9 @@ class _Restore:
                 dfd = self.dirs.acquire(e.parent)
                 held.append(e.parent)
                 acls, gid = self._inherits(e.parent, dfd)
-                if (acls or node.xattrs or self._umask is None or chunk._pieces is not None
-                        or node.mode & (self._umask | _SPECIAL_BITS)
-                        or not (_NS_MIN <= node.atime_ns <= _NS_MAX and _NS_MIN <= node.mtime_ns <= _NS_MAX)
-                        or (self.owner and fsmeta.resolve_owner(
-                            node, numeric_ids=self.numeric_ids) != (self._euid, gid))):
+                if not (chunk._pieces is None and self._final_mode_at_creation(node, acls)
+                        and _NS_MIN <= node.atime_ns <= _NS_MAX and _NS_MIN <= node.mtime_ns <= _NS_MAX
+                        and self._owner_at_creation(node, gid)):
                     self._write_new(e, chunk, plain)
                     continue
                 batch.append((dfd, node.name, plain, node.size, node.mode, node.atime_ns, node.mtime_ns))
@@ -1288,16 +1286,13 @@ class _Restore:
         dfd = self.dirs.acquire(e.parent)
         try:
             acls, gid = self._inherits(e.parent, dfd)
-            mode = node.mode
-            exact = (not acls and not node.xattrs and self._umask is not None
-                     and not mode & (self._umask | _SPECIAL_BITS))
-            fd, anonymous = self._create(e, dfd, mode if exact else 0o600)
+            exact = self._final_mode_at_creation(node, acls)
+            fd, anonymous = self._create(e, dfd, node.mode if exact else 0o600)
             try:
                 _write_pieces(fd, chunk, plain)
                 if _end(chunk) < node.size:
                     os.ftruncate(fd, node.size)  # it ends in a hole
-                if exact and (not self.owner or fsmeta.resolve_owner(
-                        node, numeric_ids=self.numeric_ids) == (self._euid, gid)):
+                if exact and self._owner_at_creation(node, gid):
                     try:
                         os.utime(fd, ns=(node.atime_ns, node.mtime_ns))
                     except OSError as exc:
@@ -1325,6 +1320,18 @@ class _Restore:
         finally:
             self.dirs.release(e.parent)
         self.progress()
+
+    def _final_mode_at_creation(self, node: Node, acls: bool) -> bool:
+        """Whether a new file for ``node`` gets its final mode when created with it:
+        no default ACL in its directory (``acls``), no xattrs, no bit the umask
+        or a later chown would clear."""
+        return (not acls and not node.xattrs and self._umask is not None
+                and not node.mode & (self._umask | _SPECIAL_BITS))
+
+    def _owner_at_creation(self, node: Node, gid: int) -> bool:
+        """Whether a file this process creates (with group ``gid``) already has
+        ``node``'s owner, or owners are not restored."""
+        return not self.owner or fsmeta.resolve_owner(node, numeric_ids=self.numeric_ids) == (self._euid, gid)
 
     def _create(self, e: _Entry, dfd: int, mode: int) -> tuple[int, bool]:
         """A new file for ``e``: (descriptor, anonymous)."""

@@ -19,7 +19,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -103,6 +103,13 @@ class KeyInfo:
 def blob_context(blob_type: int, blob_id: bytes) -> bytes:
     """Associated data binding a blob envelope to its type and ID."""
     return bytes([blob_type]) + blob_id
+
+
+def _openings(blobs: Sequence[BlobLocation | PackedBlob], start: int) -> list[batch.Opening]:
+    """``batch.open_blobs`` items for blobs of a pack range read from ``start``
+    (a type this version does not know gets kind -1, which no envelope has)."""
+    return [(b.offset - start, b.length, _KIND_OF_TYPE.get(b.type, -1), blob_context(b.type, b.id),
+             b.raw_length, b.id) for b in blobs]
 
 
 def object_id(data: bytes) -> str:
@@ -816,9 +823,8 @@ class Repository:
         (``Sealer.open_blobs``): the plaintext of each that opens cleanly, has
         its index length and matches its ID; None for every other one, which
         the caller opens with ``open_blob`` to learn what is wrong."""
-        items: list[batch.Opening] = [(loc.offset - start, loc.length, _KIND_OF_TYPE[loc.type],
-                  blob_context(loc.type, loc.id), loc.raw_length, loc.id) for loc in locs]
-        return self._sealer.open_blobs(data, items, self._master.id_mac, self.dictionaries.for_reading())
+        return self._sealer.open_blobs(data, _openings(locs, start), self._master.id_mac,
+                                       self.dictionaries.for_reading())
 
     def check_blobs(self, data: bytes | memoryview, start: int, blobs: list[PackedBlob]) -> bytes | None:
         """For each blob of a pack's trailer (``blobs``) held whole in ``data``
@@ -826,10 +832,8 @@ class Repository:
         trailer length and matches its ID, 0 otherwise (``verify_blob_envelope``
         then says what is wrong), in one native call without keeping any
         plaintext; None without the native stage."""
-        items: list[batch.Opening] = [
-            (b.offset - start, b.length, _KIND_OF_TYPE.get(b.type, -1), blob_context(b.type, b.id),
-             b.raw_length, b.id) for b in blobs]
-        return self._sealer.check_blobs(data, items, self._master.id_mac, self.dictionaries.for_reading())
+        return self._sealer.check_blobs(data, _openings(blobs, start), self._master.id_mac,
+                                        self.dictionaries.for_reading())
 
     def load_blob(self, blob_type: int, blob_id: bytes, *, keep: bool = True) -> bytes:
         """A blob's plaintext.

@@ -197,16 +197,16 @@ def open_dir_for_backup(path: bytes) -> int:
     return open_noatime(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
-def open_noatime(path: bytes, flags: int) -> int:
+def open_noatime(path: bytes | str, flags: int, *, dir_fd: int | None = None) -> int:
     """``os.open`` with ``O_NOATIME`` when allowed: reading for a backup must not
     move the atime that the backup (and the next one) records."""
     # O_NOATIME needs ownership (or CAP_FOWNER): without it, open as usual.
     try:
-        return os.open(path, flags | os.O_NOATIME)
+        return os.open(path, flags | os.O_NOATIME, dir_fd=dir_fd)
     except PermissionError as exc:
         if exc.errno != errno.EPERM:
             raise
-        return os.open(path, flags)
+        return os.open(path, flags, dir_fd=dir_fd)
 
 
 def file_changed(before: os.stat_result, after: os.stat_result) -> bool:

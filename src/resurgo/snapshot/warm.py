@@ -127,12 +127,9 @@ def _changed(st: os.stat_result, since: int) -> bool:
 
 def _read_ahead(dir_fd: int, name: str, size: int) -> None:
     """Ask the kernel to read the file ``name`` of ``dir_fd`` ahead, not moving its atime."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        try:
-            fd = os.open(name, flags | os.O_NOATIME, dir_fd=dir_fd)
-        except PermissionError:  # O_NOATIME needs the file's owner
-            fd = os.open(name, flags, dir_fd=dir_fd)
+        fd = open_noatime(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                          dir_fd=dir_fd)
     except OSError:
         return
     try:
