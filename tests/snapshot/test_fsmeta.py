@@ -350,11 +350,11 @@ def test_open_for_backup_retries_without_noatime_on_eperm(
     real_open = os.open
     seen: list[int] = []
 
-    def fake_open(path: bytes, flags: int, *args: int) -> int:
+    def fake_open(path: bytes, flags: int, *args: int, **kwargs: int | None) -> int:
         seen.append(flags)
         if flags & os.O_NOATIME:
             raise PermissionError(errno.EPERM, "not owner")
-        return real_open(path, flags, *args)
+        return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(os, "open", fake_open)
     os.close(open_for_backup(b(f)))
