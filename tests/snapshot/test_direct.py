@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,21 @@ def _evict(path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+def _probe_after_evicting(path: Path, fd: int, probe) -> bool:
+    """``probe`` of the evicted file, evicted again when it still looks cached.
+
+    Under load (a full run on two workers beside other processes) an eviction
+    sometimes does not hold at once, cause unknown; a probe that is wrong
+    every time still fails.
+    """
+    for attempt in range(10):
+        if probe():
+            return True
+        time.sleep(0.02 * attempt)
+        _evict(path)
+    return False
 
 
 @contextmanager
@@ -55,7 +71,7 @@ def big(tmp_path, monkeypatch):
 def test_the_probe_tells_a_cached_file_from_an_evicted_one(big):
     fd = os.open(big, os.O_RDONLY)
     try:
-        if not uncached(fd, os.fstat(fd).st_size):
+        if not _probe_after_evicting(big, fd, lambda: uncached(fd, os.fstat(fd).st_size)):
             unavailable("RWF_NOWAIT reads are not supported here, or the pages stayed cached")
         os.read(fd, 8 * ALIGN)  # the whole file is in the cache now
         assert not uncached(fd, os.fstat(fd).st_size)
@@ -79,16 +95,12 @@ def test_the_probe_does_not_see_pages_its_own_earlier_probes_read_ahead(big, mon
     fd = os.open(big, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        # The eviction did not hold once in a full run on two workers (the
-        # cause is not known): evicted again, at most twice. A probe that met
-        # its own read-ahead would fail every time.
-        for _ in range(3):
+        def probe() -> bool:
             seen.clear()
-            if direct.uncached(fd, size):
-                break
-            _evict(big)
-        else:
-            pytest.fail("the probe saw the evicted file as cached three times")
+            return direct.uncached(fd, size)
+
+        if not _probe_after_evicting(big, fd, probe):
+            pytest.fail("the probe saw the evicted file as cached ten times")
         assert seen == sorted(seen, reverse=True) and len(seen) == 3
     finally:
         os.close(fd)
