@@ -101,7 +101,48 @@ def test_the_probe_does_not_see_pages_its_own_earlier_probes_read_ahead(big, mon
 
         if not _probe_after_evicting(big, fd, probe):
             pytest.fail("the probe saw the evicted file as cached ten times")
-        assert seen == sorted(seen, reverse=True) and len(seen) == 3
+        assert seen == sorted(seen, reverse=True) and len(seen) == 4
+        assert len({offset // ALIGN for offset in seen}) == 4  # four different pages
+    finally:
+        os.close(fd)
+
+
+def _cache_pages(path: Path, offsets: list[int]) -> None:
+    """Bring only the pages at ``offsets`` into the cache (no read-ahead)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        for offset in offsets:
+            os.pread(fd, 1, offset)
+    finally:
+        os.close(fd)
+
+
+def test_a_file_cached_only_at_its_end_is_read_direct(big):
+    # A log's last write, or the previous backup's buffered read of the
+    # unaligned end: the rest of the file is still out of the cache.
+    fd = os.open(big, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+
+        def probe() -> bool:
+            _cache_pages(big, [size - 1])
+            return uncached(fd, size)
+
+        if not _probe_after_evicting(big, fd, probe):
+            pytest.fail("a file cached only at its last page was judged cached ten times")
+    finally:
+        os.close(fd)
+
+
+def test_a_file_with_half_its_probed_pages_cached_is_read_through_the_cache(big):
+    fd = os.open(big, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if not _probe_after_evicting(big, fd, lambda: uncached(fd, size)):
+            unavailable("RWF_NOWAIT reads are not supported here, or the pages stayed cached")
+        _cache_pages(big, [size * 5 // 8, size // 8])
+        assert not uncached(fd, size)
     finally:
         os.close(fd)
 
