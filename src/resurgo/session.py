@@ -116,10 +116,11 @@ def _import_in_background(*modules: str) -> threading.Thread:
 
 
 # Extension modules every command that opens a repository loads once the key
-# is derived (the AEAD, zstd): large shared objects (14 and 12 MB) whose pages
-# a cold start would read from the disk one fault at a time, the interpreter
-# waiting.
-_EXTENSIONS_AFTER_KEY = ("cryptography.hazmat.bindings._rust", "zstandard.backend_c")
+# is derived (zstd): large shared objects (12 MB) whose pages a cold start
+# would read from the disk one fault at a time, the interpreter waiting.
+# (cryptography's, 14 MB, is loaded only where the native AEAD is not built:
+# repo/aead.py.)
+_EXTENSIONS_AFTER_KEY = ("zstandard.backend_c",)
 
 
 def _code_files() -> list[str]:

@@ -867,7 +867,133 @@ static PyObject *open_blobs(PyObject *module, PyObject *args) { return open_or_c
 
 static PyObject *check_blobs(PyObject *module, PyObject *args) { return open_or_check(args, 0); }
 
+/* ------------------------------------------------------------ one message */
+
+/* AES-256-GCM of one message (aead.py): the envelopes that do not go through
+ * the batches above (a large blob, a tree or an index file read on its own)
+ * and key files. cryptography's AESGCM did this, holding the GIL, and
+ * importing it cost 30-80 ms of every command's start. Encrypting writes
+ * ciphertext || tag; decrypting authenticates before it returns anything.
+ * The GIL is released over SEAL_HOLDS_GIL_UPTO bytes: the buffers stay held
+ * (Py_buffer) meanwhile. */
+static int gcm_args(Py_buffer *key, Py_buffer *nonce, Py_buffer *data, Py_buffer *aad) {
+    if (key->len != 32) {
+        PyErr_SetString(PyExc_ValueError, "AES-256-GCM needs a 32-byte key");
+        return -1;
+    }
+    if (nonce->len != NONCE_LEN) {
+        PyErr_SetString(PyExc_ValueError, "AES-256-GCM here takes a 12-byte nonce");
+        return -1;
+    }
+    if (data->len > INT_MAX - TAG_LEN || aad->len > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "message too long for one AES-256-GCM call");
+        return -1;
+    }
+    return 0;
+}
+
+/* Encrypt n bytes of src into out (n + TAG_LEN bytes; out may be src). 0, or -1. No GIL. */
+static int gcm_seal(EVP_CIPHER_CTX *e, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
+                    size_t aad_len, const uint8_t *src, size_t n, uint8_t *out) {
+    int len = 0, fin = 0;
+    if (EVP_EncryptInit_ex(e, EVP_aes_256_gcm(), NULL, key, nonce) != 1 ||
+        EVP_EncryptUpdate(e, NULL, &len, aad, (int)aad_len) != 1 ||
+        EVP_EncryptUpdate(e, out, &len, src, (int)n) != 1 ||
+        EVP_EncryptFinal_ex(e, out + len, &fin) != 1 || (size_t)len + (size_t)fin != n ||
+        EVP_CIPHER_CTX_ctrl(e, EVP_CTRL_GCM_GET_TAG, TAG_LEN, out + n) != 1)
+        return -1;
+    return 0;
+}
+
+/* Authenticate and decrypt src (n >= TAG_LEN bytes, the tag last) into out
+ * (n - TAG_LEN bytes). 0 when the tag holds, -1 otherwise. No GIL. */
+static int gcm_open(EVP_CIPHER_CTX *a, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
+                    size_t aad_len, const uint8_t *src, size_t n, uint8_t *out) {
+    size_t body = n - TAG_LEN;
+    int len = 0, fin = 0;
+    if (EVP_DecryptInit_ex(a, EVP_aes_256_gcm(), NULL, key, nonce) != 1 ||
+        EVP_DecryptUpdate(a, NULL, &len, aad, (int)aad_len) != 1 ||
+        EVP_DecryptUpdate(a, out, &len, src, (int)body) != 1 ||
+        EVP_CIPHER_CTX_ctrl(a, EVP_CTRL_GCM_SET_TAG, TAG_LEN, (void *)(src + body)) != 1 ||
+        EVP_DecryptFinal_ex(a, out + len, &fin) != 1 || (size_t)len + (size_t)fin != body)
+        return -1;
+    return 0;
+}
+
+/* Encrypt or decrypt (``decrypt``) data into out; 1 done, 0 the tag did not
+ * hold (decrypting), -1 with an exception set. */
+static int gcm_run(int decrypt, Py_buffer *key, Py_buffer *nonce, Py_buffer *data, Py_buffer *aad,
+                   uint8_t *out) {
+    Contexts *c = contexts();
+    if (c == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyThreadState *saved = release_above((size_t)data->len, SEAL_HOLDS_GIL_UPTO);
+    int rc = decrypt ? gcm_open(c->aead, key->buf, nonce->buf, aad->buf, (size_t)aad->len, data->buf,
+                                (size_t)data->len, out)
+                     : gcm_seal(c->aead, key->buf, nonce->buf, aad->buf, (size_t)aad->len, data->buf,
+                                (size_t)data->len, out);
+    retake(saved);
+    if (rc == 0)
+        return 1;
+    if (decrypt)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused to encrypt");
+    return -1;
+}
+
+/* gcm(decrypt, key, nonce, data, aad[, out]): without out, the result as new
+ * bytes (None when decrypting fails); with out (exactly the result's length),
+ * written there, and True (False when decrypting fails). */
+static PyObject *gcm(PyObject *module, PyObject *args) {
+    (void)module;
+    int decrypt;
+    Py_buffer key, nonce, data, aad, out = {0};
+    if (!PyArg_ParseTuple(args, "py*y*y*y*|w*", &decrypt, &key, &nonce, &data, &aad, &out))
+        return NULL;
+    PyObject *result = NULL;
+    if (gcm_args(&key, &nonce, &data, &aad) < 0)
+        goto done;
+    if (decrypt && data.len < TAG_LEN) {
+        result = Py_NewRef(out.obj != NULL ? Py_False : Py_None);
+        goto done;
+    }
+    Py_ssize_t size = decrypt ? data.len - TAG_LEN : data.len + TAG_LEN;
+    if (out.obj != NULL) {
+        if (out.len != size) {
+            PyErr_Format(PyExc_ValueError, "the output buffer holds %zd bytes, not %zd", out.len, size);
+            goto done;
+        }
+        int rc = gcm_run(decrypt, &key, &nonce, &data, &aad, out.buf);
+        if (rc >= 0)
+            result = Py_NewRef(rc ? Py_True : Py_False);
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL)
+        goto done;
+    int rc = gcm_run(decrypt, &key, &nonce, &data, &aad, (uint8_t *)PyBytes_AS_STRING(result));
+    if (rc < 0)
+        Py_CLEAR(result);
+    else if (rc == 0)
+        Py_SETREF(result, Py_NewRef(Py_None));
+done:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&nonce);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&aad);
+    if (out.obj != NULL)
+        PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"gcm", gcm, METH_VARARGS,
+     PyDoc_STR("gcm(decrypt, key, nonce, data, aad[, out]) -> bytes, None or bool: AES-256-GCM of "
+               "one message (ciphertext || 16-byte tag); without out the result as bytes, None when "
+               "the tag does not hold; with out (exactly the result's size) written there, and "
+               "whether the tag held. Without the GIL unless the message is small.")},
     {"blob_ids", blob_ids, METH_VARARGS,
      PyDoc_STR("blob_ids(key, data, spans) -> [id]: keyed BLAKE3-256 of data[offset:offset + size] "
                "for each (offset, size) of spans, without the GIL (unless there is little to hash).")},

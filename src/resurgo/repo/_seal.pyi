@@ -22,3 +22,6 @@ def check_blobs(
     key: _Buf, id_key: _Buf, data: _Buf,
     items: list[tuple[int, int, int, bytes, int, bytes]], dicts: list[tuple[bytes, DDict]], /,
 ) -> bytes: ...
+def gcm(
+    decrypt: bool, key: _Buf, nonce: _Buf, data: _Buf, aad: _Buf, out: _Buf = ..., /,
+) -> bytes | bool | None: ...

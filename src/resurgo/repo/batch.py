@@ -42,6 +42,11 @@ directory's tree. The repository uses them for every blob that small
   keeping the plaintexts (each is decompressed into one scratch buffer and
   hashed); one byte per item, 1 when it opens cleanly with its length and
   ID. For check --read-data.
+- ``gcm(decrypt, key, nonce, data, aad[, out])``: AES-256-GCM of one
+  message (``ciphertext || tag``), for ``aead.AESGCM``: the result as bytes
+  (None when decrypting and the tag does not hold), or written into ``out``
+  (exactly the result's size) and whether the tag held; the GIL released
+  over ``SEAL_HOLDS_GIL_UPTO`` bytes.
 - ``digest(parts)``: the plain BLAKE3-256 of the concatenation of ``parts``
   (a list of bytes-like objects), equal to ``blake3.blake3``'s, holding the
   GIL up to ``HASH_HOLDS_GIL_UPTO`` bytes: for the signature of each
@@ -87,6 +92,7 @@ open_blobs: Callable[
 check_blobs: Callable[
     [bytes, bytes, bytes | memoryview, list[Opening], list[tuple[bytes, Any]]], bytes
 ] | None
+gcm: Callable[..., bytes | bool | None] | None
 try:
     from resurgo.repo._seal import (
         CDict,
@@ -94,9 +100,10 @@ try:
         blob_ids,
         check_blobs,
         digest,
+        gcm,
         open_blobs,
         open_small,
         seal,
     )
 except ImportError:
-    blob_ids = seal = CDict = open_small = digest = DDict = open_blobs = check_blobs = None
+    blob_ids = seal = CDict = open_small = digest = DDict = open_blobs = check_blobs = gcm = None

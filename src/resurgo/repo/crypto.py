@@ -30,11 +30,10 @@ from enum import IntEnum
 from typing import Protocol
 
 import zstandard
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from resurgo.errors import CorruptObject, UnsupportedVersion
 from resurgo.repo import batch
+from resurgo.repo.aead import AESGCM, InvalidTag
 from resurgo.repo.lazynumpy import buffer, numpy
 from resurgo.repo.lazynumpy import loaded as numpy_loaded
 

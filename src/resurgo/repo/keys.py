@@ -115,7 +115,7 @@ def make_key_file(
     salt = os.urandom(16)
     kek = _derive(password, salt, kdf)
     # Imported after the derivation: see the module docstring.
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from resurgo.repo.aead import AESGCM
 
     nonce = os.urandom(12)
     plain = json.dumps({"encrypt": _b64(master.encrypt), "id_mac": _b64(master.id_mac)}).encode()
@@ -201,8 +201,7 @@ def unwrap(key: KeyFile, password: str) -> MasterKey | None:
     """The master key, or None if ``password`` does not open this key file."""
     kek = _derive(password, key.salt, key.kdf)
     # Imported after the derivation: see the module docstring.
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from resurgo.repo.aead import AESGCM, InvalidTag
 
     try:
         plain = AESGCM(kek).decrypt(key.sealed[:12], key.sealed[12:], _KEY_AAD)
