@@ -566,13 +566,12 @@ def decode_tree(data: bytes, *, tree_id: bytes | None = None) -> list[Node]:
     Raises CorruptObject("tree <id>", reason) for anything malformed or hostile,
     UnsupportedVersion for an unknown format version.
     """
-    if _native_decode is not None and _native_encode is not None:
-        # The canonical form, decoded in C (_treejson.c), is taken only when
-        # the nodes encode back to these very bytes: then they are what the
-        # code below would return. Anything else, damage included, is decoded
-        # (and its error named) below.
+    if _native_decode is not None:
+        # Decoded in C (_treejson.c) when it can, with the same result and the
+        # same rules as the code below; anything it leaves, damage included,
+        # is decoded (and its error named) below.
         nodes = _native_decode(data, Node, _TYPES_BY_NAME, TREE_VERSION)
-        if nodes is not None and _native_encode(nodes, TREE_VERSION) == data:
+        if nodes is not None:
             return nodes
     name = _tree_name(tree_id)
     try:
