@@ -42,6 +42,16 @@ def _probe_after_evicting(path: Path, fd: int, probe) -> bool:
 
 
 @contextmanager
+def _opened(path: Path) -> Iterator[tuple[int, int]]:
+    """``path`` open for reading, and its size."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        yield fd, os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+@contextmanager
 def _direct(path: Path, blocks: int) -> Iterator[tuple[int, memoryview]]:
     """A descriptor of ``path`` switched to direct reads, and an aligned buffer of ``blocks``."""
     fd = os.open(path, os.O_RDONLY)
@@ -121,9 +131,7 @@ def _cache_pages(path: Path, offsets: list[int]) -> None:
 def test_a_file_cached_only_at_its_end_is_read_direct(big):
     # A log's last write, or the previous backup's buffered read of the
     # unaligned end: the rest of the file is still out of the cache.
-    fd = os.open(big, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
+    with _opened(big) as (fd, size):
 
         def probe() -> bool:
             _cache_pages(big, [size - 1])
@@ -131,20 +139,14 @@ def test_a_file_cached_only_at_its_end_is_read_direct(big):
 
         if not _probe_after_evicting(big, fd, probe):
             pytest.fail("a file cached only at its last page was judged cached ten times")
-    finally:
-        os.close(fd)
 
 
 def test_a_file_with_half_its_probed_pages_cached_is_read_through_the_cache(big):
-    fd = os.open(big, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
+    with _opened(big) as (fd, size):
         if not _probe_after_evicting(big, fd, lambda: uncached(fd, size)):
             unavailable("RWF_NOWAIT reads are not supported here, or the pages stayed cached")
         _cache_pages(big, [size * 5 // 8, size // 8])
         assert not uncached(fd, size)
-    finally:
-        os.close(fd)
 
 
 def test_small_files_are_never_switched(big, monkeypatch):
